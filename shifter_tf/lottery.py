@@ -1,0 +1,356 @@
+"""Sparse portfolio training: iterative magnitude pruning (IMP) with lottery-ticket rewinding.
+
+Level 0 trains the dense model and keeps θ_k, the weights after k iterations. Level ℓ ≥ 1
+allocates density (1-p)^ℓ over all prunable kernels by one global magnitude threshold on the
+weights level ℓ-1 ended with, rewinds to θ_k, and trains again with tfmot's wrappers holding the
+masks. In `polynomial` mode each layer starts from its previous mask and tfmot's PolynomialDecay
+ramps it to its allocated sparsity during the level; in `oneshot` mode the new global masks are
+set at the start and held fixed (classic IMP). Either way a weight pruned once stays pruned.
+
+Layout of a run folder (each level written atomically, so a killed run resumes cleanly):
+    RUN/config.yaml          the config the run was started with
+    RUN/rewind.npz           θ_k, every weight of the model by layer
+    RUN/levels/level_XX/     model.keras (tfmot stripped, zeros in place), masks.npz, metrics.json
+    RUN/lottery.json         the per-level table so far
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+import shifter_tf  # noqa: F401
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from tqdm.auto import tqdm
+
+from shifter_tf import masks as M
+from shifter_tf import train as T
+from shifter_tf.config import Config, ConfigError, load_config, save_config
+from shifter_tf.data import Dataset, load_dataset
+from shifter_tf.io import atomic_dir, atomic_save, atomic_write_json
+from shifter_tf.models import build_model, iter_layers, load_user_model
+
+sparsity = tfmot.sparsity.keras
+
+
+@dataclass
+class LevelResult:
+    """What one IMP level produced; one row of the portfolio table."""
+    level: int
+    target_density: float
+    density: float
+    layer_density: dict[str, float]
+    zero_filters: dict[str, int]
+    filters: dict[str, int]
+    train_seconds: float
+    epochs: int
+    val_accuracy: float
+    test_accuracy: float
+    threshold: Optional[float] = None
+    resurrected: int = 0           # weights tfmot re-picked that an earlier level had pruned
+    history: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- model and weights by name
+def make_model(cfg: Config, data: Dataset) -> keras.Model:
+    """The config's model: a zoo builder, or the user's file (Lambda refused unless unsafe)."""
+    if cfg.model.path:
+        return load_user_model(cfg.model.path, unsafe=cfg.model.unsafe)
+    return build_model(cfg.model.name, data.input_shape, data.num_classes, **cfg.model.kwargs)
+
+
+def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    return {f"{l.name}/{i}": w for l in iter_layers(model) for i, w in enumerate(l.get_weights())}
+
+
+def set_weights(model: keras.Model, weights: dict[str, np.ndarray]) -> None:
+    for l in iter_layers(model):
+        ws = [weights[f"{l.name}/{i}"] for i in range(len(l.weights))]
+        if ws:
+            l.set_weights(ws)
+
+
+def save_weights(path: Path, weights: dict[str, np.ndarray]) -> None:
+    atomic_save(path, lambda p: np.savez(p, **weights))
+
+
+def load_weights(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def level_dir(run: Path, level: int) -> Path:
+    return Path(run) / "levels" / f"level_{level:02d}"
+
+
+def load_level_model(run: Path, level: int) -> keras.Model:
+    """The trained (stripped, sparse) model of a finished level."""
+    path = level_dir(run, level) / "model.keras"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: level {level} has not finished in run {run}")
+    return keras.models.load_model(path, compile=False, safe_mode=False)
+
+
+def finished_levels(run: Path) -> list[int]:
+    root = Path(run) / "levels"
+    if not root.exists():
+        return []
+    return sorted(int(p.name.split("_")[1]) for p in root.glob("level_*")
+                  if (p / "metrics.json").exists())
+
+
+def load_results(run: Path) -> list[LevelResult]:
+    return [LevelResult(**json.loads((level_dir(run, l) / "metrics.json").read_text()))
+            for l in finished_levels(run)]
+
+
+# ---------------------------------------------------------------- tfmot plumbing
+class _FixedMask(sparsity.PruningSchedule):
+    """A schedule that never re-picks masks: the masks we assign are the masks trained with."""
+
+    def __init__(self, target: float):
+        self.target = float(target)
+
+    def __call__(self, step):
+        return tf.constant(False), tf.constant(self.target, tf.float32)
+
+    def get_config(self):
+        return {"class_name": self.__class__.__name__, "config": {"target": self.target}}
+
+
+def _schedule(cfg: Config, start: float, end: float, steps: int) -> sparsity.PruningSchedule:
+    if cfg.lottery.schedule == "oneshot" or end <= start:
+        return _FixedMask(end)
+    freq = max(1, min(cfg.lottery.ramp_frequency, steps // 4))
+    ramp = max(freq, int(np.ceil(cfg.lottery.ramp_fraction * steps / freq)) * freq)
+    ramp = min(ramp, (steps - 1) // freq * freq) if steps > freq else freq
+    return sparsity.PolynomialDecay(initial_sparsity=start, final_sparsity=end,
+                                    begin_step=0, end_step=ramp, frequency=freq)
+
+
+def _wrap(model: keras.Model, schedules: dict[str, sparsity.PruningSchedule]) -> keras.Model:
+    """tfmot wrappers on the layers in `schedules`; weights stay shared with `model`."""
+    def clone(layer):
+        if layer.name in schedules:
+            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedules[layer.name])
+        return layer
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def _wrappers(model: keras.Model) -> dict:
+    """tfmot's PruneLowMagnitude wrappers by inner layer name (the class is not public API)."""
+    return {l.layer.name: l for l in model.layers
+            if isinstance(l, keras.layers.Wrapper) and hasattr(l, "pruning_vars")}
+
+
+def _assign_masks(wrapped: keras.Model, masks: M.Masks) -> None:
+    for name, w in _wrappers(wrapped).items():
+        weight, mask, _ = w.pruning_vars[0]
+        mask.assign(masks[name].astype(np.float32))
+        weight.assign(weight * mask)
+
+
+class KeepPruned(keras.callbacks.Callback):
+    """After each batch, AND tfmot's masks with the previous level's: pruned stays pruned.
+
+    tfmot ranks raw |w|, and a pruned weight's momentum moves it off zero between mask
+    applications, so without this it could win its place back during the ramp.
+    """
+
+    def __init__(self, wrapped: keras.Model, prev: M.Masks):
+        super().__init__()
+        self.pairs = [(w.pruning_vars[0][1], tf.constant(prev[n].astype(np.float32)))
+                      for n, w in _wrappers(wrapped).items()]
+
+    def on_train_batch_end(self, batch, logs=None):
+        for mask, prev in self.pairs:
+            mask.assign(mask * prev)
+
+
+class CaptureRewind(keras.callbacks.Callback):
+    """Copy every weight of the model after `step` iterations (θ_k)."""
+
+    def __init__(self, model: keras.Model, step: int):
+        super().__init__()
+        self.target, self.step, self.weights = model, step, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step -= 1
+        if self.step == 0 and self.weights is None:
+            self.weights = get_weights(self.target)
+
+
+# ---------------------------------------------------------------- one level
+def _stats(model: keras.Model, names: list[str], masks: M.Masks) -> dict:
+    layers = {l.name: l for l in iter_layers(model)}
+    zf, nf, ld = {}, {}, {}
+    for n in names:
+        k = M.kernel_variable(layers[n]).numpy()
+        dw = isinstance(layers[n], keras.layers.DepthwiseConv2D)
+        zf[n] = M.zero_filters(k, dw)
+        nf[n] = int(k.shape[-2] * k.shape[-1]) if dw else int(k.shape[-1])
+        ld[n] = float(masks[n].mean())
+    return {"zero_filters": zf, "filters": nf, "layer_density": ld}
+
+
+def rewind_step(cfg: Config, data: Dataset) -> int:
+    lt = cfg.lottery
+    if lt.rewind_iterations is not None:
+        return int(lt.rewind_iterations)
+    if lt.rewind_epochs is not None:
+        return int(round(lt.rewind_epochs * T.steps_per_epoch(data, cfg.train.batch_size)))
+    return 0
+
+
+def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
+                prev_model: Optional[keras.Model], prev_masks: Optional[M.Masks],
+                strategy: tf.distribute.Strategy) -> tuple[keras.Model, M.Masks, LevelResult,
+                                                           Optional[dict]]:
+    """Train one IMP level; returns the stripped model, its masks, metrics and θ_k (level 0)."""
+    keras.utils.set_random_seed(cfg.seed + level)
+    steps = T.steps_per_epoch(data, cfg.train.batch_size) * cfg.train.epochs
+    target = (1.0 - cfg.lottery.prune_fraction) ** level
+    what = f"level {level} (density {target:.4f})"
+    with strategy.scope():
+        model = make_model(cfg, data)
+        names = M.prunable_layers(model, cfg.lottery.exclude_classifier,
+                                  cfg.lottery.exclude_layers)
+        callbacks: list = []
+        capture = None
+        threshold = None
+        if level == 0:
+            masks = {n: np.ones(w.shape, bool) for n, w in M.kernels(model, names).items()}
+            k = rewind_step(cfg, data)
+            if k == 0:
+                rewind = get_weights(model)
+            else:
+                capture = CaptureRewind(model, k)
+                callbacks.append(capture)
+            trained = model
+        else:
+            trained_w = M.kernels(prev_model, names)
+            new_masks, threshold = M.global_allocation(trained_w, prev_masks, target)
+            set_weights(model, rewind)
+            schedules = {n: _schedule(cfg, 1.0 - float(prev_masks[n].mean()),
+                                      1.0 - float(new_masks[n].mean()), steps) for n in names}
+            trained = _wrap(model, schedules)
+            start = new_masks if cfg.lottery.schedule == "oneshot" else prev_masks
+            _assign_masks(trained, start)
+            callbacks += [sparsity.UpdatePruningStep(), KeepPruned(trained, prev_masks)]
+        T.compile_model(trained, cfg.train, T.steps_per_epoch(data, cfg.train.batch_size))
+    fit = T.fit(trained, data, cfg.train, seed=cfg.seed + level, what=what, callbacks=callbacks)
+    resurrected = 0
+    if level > 0:
+        for name, w in _wrappers(trained).items():
+            weight, mask, _ = w.pruning_vars[0]
+            m = mask.numpy().astype(bool)
+            resurrected += int((m & ~prev_masks[name]).sum())
+            m &= prev_masks[name]
+            mask.assign(m.astype(np.float32))
+            weight.assign(weight * mask)
+        masks = {n: w.pruning_vars[0][1].numpy().astype(bool)
+                 for n, w in _wrappers(trained).items()}
+        model = sparsity.strip_pruning(trained)
+    if capture is not None:
+        if capture.weights is None:
+            raise ConfigError(f"lottery.rewind: rewind point {rewind_step(cfg, data)} iterations "
+                              f"is beyond level 0's {steps} iterations")
+        rewind = capture.weights
+    result = LevelResult(
+        level=level, target_density=target, density=M.density(masks),
+        train_seconds=fit.seconds, epochs=cfg.train.epochs,
+        val_accuracy=T.evaluate(model, data, "val"), test_accuracy=T.evaluate(model, data, "test"),
+        threshold=threshold, resurrected=resurrected,
+        history={k: [float(v) for v in vs] for k, vs in fit.history.items()},
+        **_stats(model, names, masks))
+    return model, masks, result, rewind
+
+
+def _save_level(run: Path, model: keras.Model, masks: M.Masks, result: LevelResult) -> None:
+    def fill(tmp: Path):
+        model.save(tmp / "model.keras")
+        np.savez_compressed(tmp / "masks.npz", **masks)
+        (tmp / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
+    atomic_dir(level_dir(run, result.level), fill)
+
+
+# ---------------------------------------------------------------- the run
+def _check_resume(cfg: Config, run: Path) -> None:
+    saved = run / "config.yaml"
+    if not saved.exists():
+        return
+    old = load_config(saved).to_dict()
+    new = cfg.to_dict()
+    for section in ("seed", "data", "model", "lottery"):
+        if old[section] != new[section]:
+            diff = section if not isinstance(new[section], dict) else next(
+                f"{section}.{k}" for k in new[section] if old[section].get(k) != new[section][k])
+            raise ConfigError(f"{saved}: {diff}: differs from the config of the run being "
+                              "resumed; use a new --out folder")
+
+
+def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
+                data: Optional[Dataset] = None, progress: bool = True,
+                stop_after: Optional[int] = None,
+                on_level: Optional[Callable[[LevelResult], None]] = None) -> list[LevelResult]:
+    """Train levels 0..cfg.lottery.levels into `run`, resuming after the last finished level.
+
+    `stop_after` ends the run after that level (used to emulate an interruption in tests).
+    """
+    run = Path(run)
+    done = finished_levels(run)
+    if done and not resume:
+        raise FileExistsError(f"{run}: holds finished levels {done}; pass --resume to continue "
+                              "or choose another --out")
+    if resume:
+        _check_resume(cfg, run)
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run / "config.yaml")
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    data = data or load_dataset(cfg.data, cfg.seed)
+    strategy = T.make_strategy(cfg.train.strategy)
+    results = load_results(run)
+    prev_model = prev_masks = rewind = None
+    if done:
+        last = done[-1]
+        if done != list(range(last + 1)):
+            raise RuntimeError(f"{run}/levels: levels {done} are not contiguous")
+        prev_model = load_level_model(run, last)
+        prev_masks = M.load_masks(level_dir(run, last) / "masks.npz")
+        rewind = load_weights(run / "rewind.npz")
+    first = (done[-1] + 1) if done else 0
+    bar = tqdm(range(first, cfg.lottery.levels + 1), desc="IMP levels", unit="level",
+               initial=first, total=cfg.lottery.levels + 1, disable=not progress)
+    for level in bar:
+        model, masks, result, rewind = train_level(cfg, data, level, rewind, prev_model,
+                                                   prev_masks, strategy)
+        if level == 0:
+            save_weights(run / "rewind.npz", rewind)
+        _save_level(run, model, masks, result)
+        results.append(result)
+        atomic_write_json(run / "lottery.json", [asdict(r) for r in results])
+        bar.set_postfix(density=f"{result.density:.3f}", test=f"{result.test_accuracy:.3f}")
+        if on_level:
+            on_level(result)
+        prev_model, prev_masks = model, masks
+        if stop_after is not None and level >= stop_after:
+            break
+    return results
+
+
+def format_table(results: list[LevelResult]) -> str:
+    """The per-level table as Markdown."""
+    rows = ["| level | density | val acc | test acc | zero filters (per conv) | train s |",
+            "|---:|---:|---:|---:|:---|---:|"]
+    for r in results:
+        zf = " ".join(str(v) for v in r.zero_filters.values())
+        rows.append(f"| {r.level} | {r.density:.4f} | {r.val_accuracy:.4f} | "
+                    f"{r.test_accuracy:.4f} | {zf} | {r.train_seconds:.1f} |")
+    return "\n".join(rows)

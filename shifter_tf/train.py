@@ -1,0 +1,132 @@
+"""One training run on TensorFlow's own engine: strategy, optimiser, LR schedule, fit.
+
+Used by every level of the lottery, by tuning and by pruning-at-init, so the recipe lives here
+once.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+import shifter_tf  # noqa: F401
+import tensorflow as tf
+import tf_keras as keras
+
+from shifter_tf.config import TrainConfig
+from shifter_tf.data import Dataset
+
+
+class TrainingError(RuntimeError):
+    """Training that diverged or cannot run; the message says which run and why."""
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """`default` | `mirrored` (all local devices) | `multi_worker` (TF_CONFIG cluster)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"train.strategy: unknown strategy {name!r}")
+
+
+class WarmupPiecewise(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `lr`, then ×gamma at each boundary (in steps)."""
+
+    def __init__(self, lr: float, warmup_steps: int, boundaries: list[int], gamma: float):
+        self.lr, self.warmup_steps = float(lr), int(warmup_steps)
+        self.boundaries, self.gamma = [int(b) for b in boundaries], float(gamma)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        drops = tf.add_n([tf.cast(step >= b, tf.float32) for b in self.boundaries] or
+                         [tf.constant(0.0)])
+        lr = self.lr * tf.pow(self.gamma, drops)
+        if self.warmup_steps > 0:
+            lr = lr * tf.minimum(1.0, (step + 1.0) / self.warmup_steps)
+        return lr
+
+    def get_config(self):
+        return {"lr": self.lr, "warmup_steps": self.warmup_steps,
+                "boundaries": self.boundaries, "gamma": self.gamma}
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    schedule = WarmupPiecewise(cfg.lr, round(cfg.warmup_epochs * steps_per_epoch),
+                               [round(m * steps_per_epoch) for m in cfg.milestones], cfg.gamma)
+    wd = cfg.weight_decay or None
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                    weight_decay=wd)
+    return keras.optimizers.Adam(schedule, weight_decay=wd)
+
+
+def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if cfg.label_smoothing:
+        # Keras' sparse loss has no label smoothing; one-hot targets are built in the pipeline.
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                    label_smoothing=cfg.label_smoothing)
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss,
+                  metrics=["accuracy"])
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stop at the first non-finite loss and remember it, so the caller can raise clearly."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad_at: Optional[tuple[int, float]] = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.bad_at = (self.epoch, loss)
+            self.model.stop_training = True
+
+
+@dataclass
+class FitResult:
+    seconds: float
+    history: dict
+    steps: int
+
+
+def steps_per_epoch(data: Dataset, batch_size: int) -> int:
+    return max(1, math.ceil(len(data.x_train) / batch_size))
+
+
+def fit(model: keras.Model, data: Dataset, cfg: TrainConfig, *, seed: int, what: str,
+        callbacks: list = (), epochs: Optional[int] = None) -> FitResult:
+    """Train `model` (compiled) on the training split; raise TrainingError on a NaN loss."""
+    train = data.tf_dataset("train", cfg.batch_size, training=True, seed=seed)
+    val = data.tf_dataset("val", cfg.batch_size)
+    if cfg.label_smoothing:
+        k = data.num_classes
+        train = train.map(lambda x, y: (x, tf.one_hot(y, k)))
+        val = val.map(lambda x, y: (x, tf.one_hot(y, k)))
+    guard = NaNGuard()
+    start = time.perf_counter()
+    hist = model.fit(train, validation_data=val, epochs=epochs or cfg.epochs,
+                     verbose=cfg.verbose, callbacks=[*callbacks, guard])
+    if guard.bad_at is not None:
+        raise TrainingError(f"{what}: loss became {guard.bad_at[1]} in epoch "
+                            f"{guard.bad_at[0] + 1}; lower train.lr or check the data")
+    return FitResult(time.perf_counter() - start, dict(hist.history),
+                     steps_per_epoch(data, cfg.batch_size) * (epochs or cfg.epochs))
+
+
+def evaluate(model: keras.Model, data: Dataset, split: str, batch_size: int = 256) -> float:
+    """Top-1 accuracy of a Keras model on a split (logits or probabilities alike)."""
+    x, y = data.normalized(split)
+    logits = model.predict(x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, -1) == y))
