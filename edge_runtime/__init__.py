@@ -1,0 +1,33 @@
+"""edge_runtime: the device side of shifter-tf.
+
+Loads a portfolio of TFLite variants (``manifest.json`` + ``variants/*.tflite``) and switches
+between them at run time. Depends only on numpy and a TFLite interpreter (``tflite_runtime``,
+else ``ai_edge_litert``, else ``tensorflow.lite``); importing this package loads neither — the
+interpreter backend is resolved on first use, so the host exporter can import
+``edge_runtime.manifest`` cheaply.
+"""
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "EdgeSwitcher": "edge_runtime.switcher",
+    "VariantUnavailable": "edge_runtime.switcher",
+    "BudgetPolicy": "edge_runtime.policy",
+    "FixedPolicy": "edge_runtime.policy",
+    "Manifest": "edge_runtime.manifest",
+    "ManifestError": "edge_runtime.manifest",
+    "VariantFileError": "edge_runtime.manifest",
+    "load_manifest": "edge_runtime.manifest",
+    "write_manifest": "edge_runtime.manifest",
+    "validate": "edge_runtime.manifest",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edge_runtime' has no attribute {name!r}")

@@ -1,0 +1,508 @@
+"""EdgeSwitcher: serve predictions from a portfolio, switching variants as conditions change.
+
+Concurrency design:
+
+* Each loaded interpreter lives in a ``Runner`` with its own lock; every call into it holds that
+  lock, and outputs are copied out before the lock is released.
+* The active variant is a single attribute. ``predict`` reads it once, takes a reference to that
+  variant's runner and runs it; a switch only rebinds the attribute, so an in-flight call always
+  completes on the variant it started on, and reports that variant.
+* Evicting a runner (lazy mode, memory budget) drops the switcher's reference; a call still
+  holding it finishes first and the interpreter is freed afterwards.
+* Loading/evicting is serialised by one lock, decisions by another (a thread that finds a
+  decision in progress does not wait for it).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from edge_runtime.interpreter import DelegateUnavailable, Runner, load_runner
+from edge_runtime.manifest import (Manifest, PathLike, Task, Variant,
+                                   VariantFileError, load_manifest, read_variant_file,
+                                   verify_variant_file)
+from edge_runtime.monitor import SystemMonitor, cpu_count
+from edge_runtime.policy import (Candidate, Context, Decision, LatencyEstimator, Policy,
+                                 contention, make_policy, pick_threads_key)
+from edge_runtime.profile import DeviceProfile, load_profile
+
+log = logging.getLogger("edge_runtime")
+MiB = float(2 ** 20)
+
+
+class VariantUnavailable(RuntimeError):
+    """The requested variant cannot serve (failed verification, no Edge TPU, over budget)."""
+
+
+@dataclass
+class _Slot:
+    """One variant: its metadata, its runner when loaded, and its serving statistics."""
+
+    variant: Variant
+    memory_mb: float
+    baseline_ms: Optional[float]
+    runner: Optional[Runner] = None
+    error: Optional[str] = None
+    last_used: float = 0.0
+    calls: int = 0
+    examples: int = 0
+    loads: int = 0
+    load_ms: List[float] = field(default_factory=list)
+    latencies: Deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards the stats only
+
+
+def _pct(xs, qs=(50, 90, 99)) -> Dict[str, Optional[float]]:
+    if not xs:
+        return {f"p{q}": None for q in qs}
+    arr = np.asarray(xs, dtype=np.float64)
+    return {f"p{q}": round(float(np.percentile(arr, q)), 4) for q in qs}
+
+
+class EdgeSwitcher:
+    """Serves ``predict`` from the portfolio variant the policy picks (see module docstring)."""
+
+    def __init__(self, manifest: Manifest, *, policy: Union[str, Policy, None] = "budget",
+                 memory_budget_mb: Optional[float] = None, preload: str = "all",
+                 num_threads: Optional[int] = None, latency_budget_ms: Optional[float] = None,
+                 monitor: Any = None, profile: Optional[DeviceProfile] = None,
+                 learn: bool = True, memory_reserve_mb: float = 32.0):
+        if preload not in ("all", "lazy"):
+            raise ValueError(f"preload must be 'all' or 'lazy', got {preload!r}")
+        if manifest.folder is None:
+            raise ValueError("the manifest has no folder to load variant files from")
+        self.manifest = manifest
+        self.folder = Path(manifest.folder)
+        self.task: Task = manifest.task
+        self.profile = profile
+        self.num_threads = int(num_threads or min(4, cpu_count()))
+        self.preload = preload
+        self.memory_budget_mb = memory_budget_mb
+        self.memory_reserve_mb = memory_reserve_mb
+        self.policy = make_policy(policy)
+        self.monitor = monitor if monitor is not None else SystemMonitor()
+        self._latency_budget_ms = latency_budget_ms
+        self._budget_changed = True
+        self._slots: Dict[str, _Slot] = {}
+        for v in manifest.variants:
+            self._slots[v.id] = _Slot(v, self._memory_guess(v), self._baseline(v))
+        self.estimator = LatencyEstimator({k: s.baseline_ms for k, s in self._slots.items()},
+                                          learn=learn)
+        self._load_lock = threading.RLock()
+        self._switch_lock = threading.Lock()
+        self._decide_lock = threading.Lock()
+        self._tls = threading.local()
+        self._active: Optional[str] = None
+        self._pinned = not self.policy.automatic
+        self._last_switch = -math.inf
+        self._factor = 1.0
+        self._switches = {"auto": 0, "manual": 0}
+        self._switch_us: Deque[float] = deque(maxlen=4096)
+        self._decide_us: Deque[float] = deque(maxlen=4096)
+        self._decisions = 0
+        self._evictions = 0
+        self._last_decision: Optional[Decision] = None
+        self._signals = None
+        self._prepare_norm()
+        self._verify_all()
+        if preload == "all":
+            self._preload()
+        if not self.available:
+            raise VariantUnavailable(
+                f"{manifest.source}: no variant is usable: "
+                + "; ".join(f"{k}: {s.error}" for k, s in self._slots.items()))
+        self._initial_choice()
+
+    # ----------------------------------------------------------------------------- construction
+    @classmethod
+    def from_portfolio(cls, path: PathLike, policy: Union[str, Policy, None] = "budget",
+                       memory_budget_mb: Optional[float] = None, preload: str = "all",
+                       use_profile: bool = True, **kwargs: Any) -> "EdgeSwitcher":
+        """Load ``path`` (portfolio folder or its manifest.json), verify every file, preload.
+
+        A bad manifest (unknown schema_version, missing key, ...) raises ``ManifestError``
+        naming it. A missing or tampered variant file, or an Edge TPU variant without the
+        delegate, only disables that variant (see ``stats()['variants'][id]['error']``).
+        Other keyword arguments: ``num_threads``, ``latency_budget_ms``, ``monitor``,
+        ``learn`` (use measured latencies), ``memory_reserve_mb``.
+        """
+        manifest = load_manifest(path)
+        profile = load_profile(manifest.folder, manifest) if use_profile else None
+        return cls(manifest, policy=policy, memory_budget_mb=memory_budget_mb, preload=preload,
+                   profile=profile, **kwargs)
+
+    def _baseline(self, v: Variant) -> Optional[float]:
+        """Expected idle per-example ms: device profile first, then the manifest's host number."""
+        vp = self.profile.variants.get(v.id) if self.profile else None
+        for table in ((vp.latency_ms if vp else {}), v.latency_ms):
+            key = pick_threads_key(table, self.num_threads)
+            if key is not None:
+                return float(table[key])
+        return None
+
+    def _memory_guess(self, v: Variant) -> float:
+        """Memory of a variant before it is loaded: the profile's, else twice the file + 0.25 MiB."""
+        vp = self.profile.variants.get(v.id) if self.profile else None
+        if vp and vp.memory_mb:
+            return float(vp.memory_mb)
+        return 2.0 * v.bytes / MiB + 0.25
+
+    def _prepare_norm(self) -> None:
+        n = self.task.normalization
+        self._in_dtype = np.dtype(self.task.input_dtype)
+        self._shape = tuple(self.task.input_shape)
+        if n is None:
+            self._norm = None
+        else:
+            self._norm = (np.float32(n.scale), np.asarray(n.mean, dtype=np.float32),
+                          np.asarray(n.std, dtype=np.float32))
+
+    def _verify_all(self) -> None:
+        for vid, slot in self._slots.items():
+            try:
+                verify_variant_file(self.folder, slot.variant)
+            except VariantFileError as e:
+                self._mark_broken(slot, str(e))
+
+    def _mark_broken(self, slot: _Slot, message: str) -> None:
+        if slot.error is None:
+            log.warning("disabling variant %s: %s", slot.variant.id, message)
+        slot.error = message
+        slot.runner = None
+
+    def _preload(self) -> None:
+        """Load every usable variant, most accurate first, as far as the memory budget allows."""
+        order = sorted(self._slots.values(), key=lambda s: -(s.variant.accuracy or -1.0))
+        for slot in order:
+            if slot.error:
+                continue
+            if self.memory_budget_mb is not None and (
+                    self._loaded_mb() + slot.memory_mb > self.memory_budget_mb):
+                continue  # stays lazily loadable
+            try:
+                self._ensure_loaded(slot)
+            except VariantUnavailable:
+                pass
+
+    def _initial_choice(self) -> None:
+        if self._pinned and isinstance(getattr(self.policy, "variant_id", None), str):
+            self.switch_to(self.policy.variant_id)
+            return
+        d = self.decide(force=True)
+        if self._active is None:
+            raise VariantUnavailable(f"no variant could be selected: {d.reason}")
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def active(self) -> Optional[str]:
+        """Id of the variant that serves the next call."""
+        return self._active
+
+    @property
+    def variants(self) -> Tuple[Variant, ...]:
+        """All variants of the portfolio (usable or not; see ``available``)."""
+        return self.manifest.variants
+
+    @property
+    def available(self) -> List[str]:
+        """Ids of the variants that passed verification and can be loaded."""
+        return [k for k, s in self._slots.items() if s.error is None]
+
+    @property
+    def loaded(self) -> List[str]:
+        return [k for k, s in self._slots.items() if s.runner is not None]
+
+    @property
+    def last_variant(self) -> Optional[str]:
+        """Variant that served this thread's most recent ``predict`` call."""
+        return getattr(self._tls, "variant", None)
+
+    @property
+    def latency_budget_ms(self) -> Optional[float]:
+        return self._latency_budget_ms
+
+    @property
+    def pinned(self) -> bool:
+        return self._pinned
+
+    def set_budget(self, latency_ms: Optional[float] = None, *,
+                   memory_mb: Union[float, None, str] = "keep") -> None:
+        """Set the latency budget (per example, ms; ``None`` = no limit), effective next call."""
+        if latency_ms is not None and not latency_ms > 0:
+            raise ValueError(f"latency budget must be > 0 ms or None, got {latency_ms}")
+        self._latency_budget_ms = latency_ms
+        if memory_mb != "keep":
+            self.memory_budget_mb = memory_mb  # type: ignore[assignment]
+        self._budget_changed = True
+
+    # ----------------------------------------------------------------------------- loading
+    def _loaded_mb(self, exclude: Optional[_Slot] = None) -> float:
+        return sum(s.memory_mb for s in self._slots.values()
+                   if s.runner is not None and s is not exclude)
+
+    def _ensure_loaded(self, slot: _Slot) -> Runner:
+        """The slot's runner, loading (and verifying, evicting LRU) if needed."""
+        runner = slot.runner
+        if runner is not None:
+            slot.last_used = time.monotonic()
+            return runner
+        with self._load_lock:
+            if slot.runner is not None:
+                return slot.runner
+            v = slot.variant
+            if slot.error:
+                raise VariantUnavailable(slot.error)
+            self._make_room(slot)
+            try:
+                data = read_variant_file(self.folder, v)  # verify the very bytes we load
+                runner = load_runner(data, self.num_threads, edgetpu=v.edgetpu)
+            except (VariantFileError, DelegateUnavailable) as e:
+                self._mark_broken(slot, str(e))
+                raise VariantUnavailable(str(e)) from None
+            except (ValueError, RuntimeError) as e:
+                msg = f"variant {v.id!r}: {self.folder / v.file} failed to load: {e}"
+                self._mark_broken(slot, msg)
+                raise VariantUnavailable(msg) from None
+            if runner.example_shape != self._shape:
+                msg = (f"variant {v.id!r}: model input shape {runner.example_shape} does not "
+                       f"match the manifest's task.input_shape {self._shape}")
+                self._mark_broken(slot, msg)
+                raise VariantUnavailable(msg)
+            if not (self.profile and v.id in self.profile.variants
+                    and self.profile.variants[v.id].memory_mb):
+                slot.memory_mb = runner.memory_bytes / MiB
+            slot.loads += 1
+            slot.load_ms.append(runner.load_ms)
+            slot.last_used = time.monotonic()
+            slot.runner = runner
+            return runner
+
+    def _make_room(self, slot: _Slot) -> None:
+        """Evict least-recently-used runners until ``slot`` fits in the memory budget."""
+        budget = self.memory_budget_mb
+        if budget is None:
+            return
+        if slot.memory_mb > budget:
+            raise VariantUnavailable(
+                f"variant {slot.variant.id!r} needs ~{slot.memory_mb:.2f} MiB, more than the "
+                f"memory budget of {budget:.2f} MiB")
+        while self._loaded_mb(exclude=slot) + slot.memory_mb > budget:
+            loaded = [s for s in self._slots.values() if s.runner is not None and s is not slot]
+            if not loaded:
+                break
+            victim = min(loaded, key=lambda s: s.last_used)
+            victim.runner = None  # an in-flight call keeps its own reference and finishes
+            self._evictions += 1
+
+    def unload(self, variant_id: str) -> None:
+        """Drop a variant's interpreter (it is reloaded, and re-verified, when next needed)."""
+        with self._load_lock:
+            self._slot(variant_id).runner = None
+
+    def close(self) -> None:
+        """Release every interpreter."""
+        with self._load_lock:
+            for s in self._slots.values():
+                s.runner = None
+
+    def __enter__(self) -> "EdgeSwitcher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------- switching
+    def _slot(self, variant_id: str) -> _Slot:
+        try:
+            return self._slots[variant_id]
+        except KeyError:
+            raise ValueError(f"unknown variant {variant_id!r}; the portfolio has "
+                             f"{', '.join(self._slots)}") from None
+
+    def _switch(self, variant_id: str, manual: bool) -> None:
+        t0 = time.perf_counter()
+        slot = self._slots[variant_id]
+        self._ensure_loaded(slot)
+        with self._switch_lock:
+            if self._active != variant_id:
+                self._active = variant_id
+                self._switches["manual" if manual else "auto"] += 1
+                self._last_switch = time.monotonic()
+            self._switch_us.append((time.perf_counter() - t0) * 1e6)
+
+    def switch_to(self, variant_id: str, pin: bool = True) -> str:
+        """Serve ``variant_id`` from now on; returns the id actually serving.
+
+        With ``pin`` (default) the policy stops choosing until ``resume_policy()``. An Edge TPU
+        variant whose delegate is missing falls back to its CPU ``parent`` if the portfolio has
+        it (logged); any other unusable variant raises ``VariantUnavailable`` saying why.
+        """
+        slot = self._slot(variant_id)
+        if slot.error and slot.variant.edgetpu:
+            parent = slot.variant.parent
+            if parent in self._slots and self._slots[parent].error is None:
+                log.warning("variant %s unavailable (%s); falling back to CPU variant %s",
+                            variant_id, slot.error, parent)
+                variant_id, slot = parent, self._slots[parent]
+        if slot.error:
+            raise VariantUnavailable(slot.error)
+        self._switch(variant_id, manual=True)
+        if pin:
+            self._pinned = True
+        return variant_id
+
+    def resume_policy(self) -> None:
+        """Let the policy choose again after ``switch_to``."""
+        self._pinned = not self.policy.automatic
+        self._budget_changed = True
+
+    def candidates(self) -> List[Candidate]:
+        """What the policy sees now (expected latencies include the current CPU contention)."""
+        signals = self.monitor.sample()
+        self._signals = signals
+        self._factor = contention(signals.cpu_busy_other, signals.cpu_count, self.num_threads)
+        now = time.monotonic()
+        return [Candidate(k, s.variant.accuracy,
+                          self.estimator.expected_ms(k, self._factor, now), s.memory_mb,
+                          s.runner is not None, s.error is None)
+                for k, s in self._slots.items()]
+
+    def decide(self, force: bool = False) -> Decision:
+        """Run the policy once and switch if it says so; returns the decision."""
+        t0 = time.perf_counter()
+        cands = self.candidates()
+        ctx = Context(self._latency_budget_ms, self.memory_budget_mb, self._signals,
+                      self.memory_reserve_mb, time.monotonic() - self._last_switch,
+                      self._budget_changed or force)
+        self._budget_changed = False
+        decision = self.policy.choose(cands, self._active, ctx)
+        target = decision.variant_id
+        if target is not None and target != self._active:
+            try:
+                self._switch(target, manual=False)
+            except VariantUnavailable as e:
+                decision = Decision(self._active, f"switch to {target} failed: {e}")
+        self._last_decision = decision
+        self._decisions += 1
+        self._decide_us.append((time.perf_counter() - t0) * 1e6)
+        return decision
+
+    def _auto_decide(self) -> None:
+        if self._decide_lock.acquire(blocking=False):  # another thread is already deciding
+            try:
+                self.decide()
+            finally:
+                self._decide_lock.release()
+
+    # ----------------------------------------------------------------------------- predicting
+    def _prepare(self, x: Any) -> Tuple[np.ndarray, bool]:
+        """Check shape and dtype, add the batch axis, normalise to float32 (always a new array)."""
+        arr = np.asarray(x)
+        shape = self._shape
+        if arr.shape == shape:
+            single, arr = True, arr.reshape((1,) + shape)
+        elif arr.ndim == len(shape) + 1 and arr.shape[1:] == shape and arr.shape[0] > 0:
+            single = False
+        else:
+            raise ValueError(f"input has shape {arr.shape}; expected {shape} for one example "
+                             f"or (N, {', '.join(map(str, shape))}) for a batch")
+        want = self._in_dtype
+        if arr.dtype != want and not (arr.dtype.kind in "biuf"
+                                      and np.can_cast(arr.dtype, want, casting="same_kind")):
+            raise ValueError(f"input has dtype {arr.dtype}; expected {want} with shape {shape} "
+                             "(or a batch of them)")
+        xf = arr.astype(np.float32)  # a copy: the caller's array is never modified
+        if self._norm is not None:
+            scale, mean, std = self._norm
+            xf *= scale
+            xf -= mean
+            xf /= std
+        return xf, single
+
+    def predict(self, x: Any, return_variant: bool = False) -> Any:
+        """Class scores for one example ``input_shape`` or a batch ``(N, *input_shape)``.
+
+        Applies the manifest's normalisation (and int8 quantisation if the variant needs it);
+        returns float32 ``(num_classes,)`` or ``(N, num_classes)``, plus the id of the variant
+        that served the call if ``return_variant``. Wrong shape or dtype: ``ValueError``.
+        """
+        batch, single = self._prepare(x)
+        if not self._pinned:
+            self._auto_decide()
+        for _ in range(len(self._slots) + 1):
+            vid = self._active
+            slot = self._slots[vid]
+            try:
+                runner = self._ensure_loaded(slot)
+            except VariantUnavailable:
+                if self._pinned:
+                    raise
+                self.decide(force=True)
+                if self._active == vid:
+                    raise
+                continue
+            y, ms = runner.run(batch)
+            n = batch.shape[0]
+            per = ms / n
+            with slot.lock:
+                slot.calls += 1
+                slot.examples += n
+                slot.latencies.append(per)
+            self.estimator.observe(vid, per, self._factor)
+            self._tls.variant = vid
+            out = y[0] if single else y
+            return (out, vid) if return_variant else out
+        raise VariantUnavailable("no variant could serve the call")  # pragma: no cover
+
+    def classify(self, x: Any) -> Union[str, List[str]]:
+        """Label(s) of the top class, from the manifest's labels (index as text if none)."""
+        y = self.predict(x)
+        labels = self.task.labels or tuple(str(i) for i in range(self.task.num_classes))
+        idx = np.argmax(y, axis=-1)
+        return labels[int(idx)] if np.ndim(idx) == 0 else [labels[int(i)] for i in idx]
+
+    # ----------------------------------------------------------------------------- stats
+    def stats(self) -> Dict[str, Any]:
+        """Per-variant calls and latency percentiles, switches, decision times, memory."""
+        now = time.monotonic()
+        variants = {}
+        for k, s in self._slots.items():
+            with s.lock:
+                lat = list(s.latencies)
+                calls, examples = s.calls, s.examples
+            variants[k] = {
+                "calls": calls, "examples": examples,
+                "latency_ms": _pct(lat),
+                "ewma_ms": self.estimator.ewma(k),
+                "baseline_ms": s.baseline_ms,
+                "expected_ms": self.estimator.expected_ms(k, self._factor, now),
+                "accuracy": s.variant.accuracy,
+                "loaded": s.runner is not None, "loads": s.loads,
+                "load_ms": round(float(np.median(s.load_ms)), 3) if s.load_ms else None,
+                "memory_mb": round(s.memory_mb, 3),
+                "error": s.error,
+            }
+        d = self._last_decision
+        return {
+            "active": self._active, "pinned": self._pinned, "policy": self.policy.name,
+            "num_threads": self.num_threads, "preload": self.preload,
+            "latency_budget_ms": self._latency_budget_ms,
+            "memory_budget_mb": self.memory_budget_mb,
+            "contention": round(self._factor, 3),
+            "profile": self.profile.source if self.profile else None,
+            "switches": {"total": sum(self._switches.values()), **self._switches,
+                         "time_us": _pct(list(self._switch_us))},
+            "decisions": {"count": self._decisions, "time_us": _pct(list(self._decide_us)),
+                          "last": d.reason if d else None},
+            "evictions": self._evictions,
+            "loaded_mb": round(self._loaded_mb(), 3),
+            "variants": variants,
+        }
