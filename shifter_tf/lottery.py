@@ -208,6 +208,25 @@ def rewind_step(cfg: Config, data: Dataset) -> int:
     return 0
 
 
+def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
+                  rewind: dict, prev_model: keras.Model, prev_masks: M.Masks, steps: int
+                  ) -> tuple[keras.Model, M.Masks, float]:
+    """Allocate level `level`'s masks globally, rewind `model` to θ_k and wrap it with tfmot.
+
+    Returns the wrapped model (weights θ_k * starting mask), the allocated masks and the global
+    threshold. In oneshot mode training starts from the allocated masks; in polynomial mode from
+    the previous level's, and tfmot ramps each layer to its allocated sparsity.
+    """
+    target = (1.0 - cfg.lottery.prune_fraction) ** level
+    new_masks, threshold = M.global_allocation(M.kernels(prev_model, names), prev_masks, target)
+    set_weights(model, rewind)
+    schedules = {n: _schedule(cfg, 1.0 - float(prev_masks[n].mean()),
+                              1.0 - float(new_masks[n].mean()), steps) for n in names}
+    wrapped = _wrap(model, schedules)
+    _assign_masks(wrapped, new_masks if cfg.lottery.schedule == "oneshot" else prev_masks)
+    return wrapped, new_masks, threshold
+
+
 def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 prev_model: Optional[keras.Model], prev_masks: Optional[M.Masks],
                 strategy: tf.distribute.Strategy) -> tuple[keras.Model, M.Masks, LevelResult,
@@ -234,14 +253,8 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 callbacks.append(capture)
             trained = model
         else:
-            trained_w = M.kernels(prev_model, names)
-            new_masks, threshold = M.global_allocation(trained_w, prev_masks, target)
-            set_weights(model, rewind)
-            schedules = {n: _schedule(cfg, 1.0 - float(prev_masks[n].mean()),
-                                      1.0 - float(new_masks[n].mean()), steps) for n in names}
-            trained = _wrap(model, schedules)
-            start = new_masks if cfg.lottery.schedule == "oneshot" else prev_masks
-            _assign_masks(trained, start)
+            trained, new_masks, threshold = prepare_level(
+                cfg, model, names, level, rewind, prev_model, prev_masks, steps)
             callbacks += [sparsity.UpdatePruningStep(), KeepPruned(trained, prev_masks)]
         T.compile_model(trained, cfg.train, T.steps_per_epoch(data, cfg.train.batch_size))
     fit = T.fit(trained, data, cfg.train, seed=cfg.seed + level, what=what, callbacks=callbacks)

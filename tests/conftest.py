@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny real data (the embedded mnist5k) and tiny configs, so tests stay fast."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from shifter_tf.config import from_dict  # noqa: E402
+
+
+def tiny_config(**sections):
+    """A config that trains vgg_small on 512 mnist5k images for one epoch per level."""
+    base = {
+        "name": "tiny", "seed": 1,
+        "data": {"name": "mnist5k", "limit_train": 512},
+        "model": {"name": "vgg_small"},
+        "train": {"lr": 0.05, "epochs": 1, "batch_size": 64, "verbose": 0},
+        "lottery": {"levels": 2, "prune_fraction": 0.5, "rewind_iterations": 2,
+                    "schedule": "oneshot"},
+        "export": {"precisions": ["fp32"], "latency_runs": 5, "threads": [1],
+                   "eval_limit": 300, "representative_samples": 32},
+    }
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return from_dict(base, "<tiny>")
+
+
+@pytest.fixture(scope="session")
+def mnist_tiny():
+    from shifter_tf.data import load_dataset
+    return load_dataset(tiny_config().data, seed=1)

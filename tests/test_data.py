@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from shifter_tf.config import DataConfig
+from shifter_tf.data import DataError, load_dataset, stratified_split
+
+
+def test_mnist5k_splits_deterministic_disjoint_stratified():
+    a = load_dataset(DataConfig(), seed=3)
+    b = load_dataset(DataConfig(), seed=3)
+    assert (len(a.x_train), len(a.x_val), len(a.x_test)) == (3500, 500, 1000)
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(a.split(split)[0], b.split(split)[0])
+    # disjoint: no image appears in two splits (mnist5k has no duplicate images)
+    keys = [set(map(bytes, a.split(s)[0].reshape(len(a.split(s)[0]), -1).astype(np.uint8)))
+            for s in ("train", "val", "test")]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    # stratified: every class is ~10% of the test split
+    counts = np.bincount(a.y_test, minlength=10)
+    assert counts.min() >= 90 and counts.max() <= 110
+    c = load_dataset(DataConfig(), seed=4)
+    assert not np.array_equal(a.y_test, c.y_test) or not np.array_equal(a.x_test, c.x_test)
+
+
+def test_stratified_split_partitions_indices():
+    y = np.repeat(np.arange(5), 37)
+    parts = stratified_split(y, [0.1, 0.2], seed=0)
+    allidx = np.concatenate(parts)
+    assert sorted(allidx.tolist()) == list(range(len(y)))
+    assert all(len(np.unique(y[p])) == 5 for p in parts)
+
+
+def test_normalisation_recorded_and_applied():
+    d = load_dataset(DataConfig(), seed=0)
+    x, _ = d.normalized("train")
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
+    assert d.norm.to_dict()["scale"] == pytest.approx(1 / 255)
+    assert d.input_shape == (28, 28, 1) and d.num_classes == 10
+
+
+def test_offline_keras_dataset_says_where_to_put_files(tmp_path):
+    with pytest.raises(DataError, match=r"cifar-10-batches-py.tar.gz.*" + str(tmp_path)):
+        load_dataset(DataConfig(name="cifar10", path=str(tmp_path)))
+
+
+def test_unknown_dataset():
+    with pytest.raises(DataError, match="data.name"):
+        load_dataset(DataConfig(name="imagenet22k"))
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+                tmp_path / cls / f"{i}.png")
+    d = load_dataset(DataConfig(name="image_folder", path=str(tmp_path), image_size=[8, 8],
+                                val_fraction=0.2, test_fraction=0.2))
+    assert d.labels == ["cat", "dog"] and d.input_shape == (8, 8, 3)
+    assert len(d.x_train) + len(d.x_val) + len(d.x_test) == 20
+    with pytest.raises(DataError, match="image_folder"):
+        load_dataset(DataConfig(name="image_folder", path=str(tmp_path / "missing")))
+
+
+def test_augmented_pipeline_shapes(mnist_tiny):
+    from dataclasses import replace
+    d = replace(mnist_tiny, augment=True, flip=False)
+    x, y = next(iter(d.tf_dataset("train", 8, training=True)))
+    assert tuple(x.shape) == (8, 28, 28, 1) and tuple(y.shape) == (8,)
