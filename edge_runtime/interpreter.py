@@ -92,9 +92,14 @@ def edgetpu_library() -> str:
 
 def load_edgetpu_delegate(device: Optional[str] = None) -> Any:
     """Load the Edge TPU delegate, or raise ``DelegateUnavailable`` saying what is missing."""
+    import ctypes
+
     lib = edgetpu_library()
     options = {"device": device} if device else {}
     try:
+        # Probe the library first: a failed load_delegate leaves a half-built Delegate whose
+        # __del__ raises in tflite_runtime 2.14.
+        ctypes.CDLL(lib)
         return get_backend().load_delegate(lib, options)
     except (ValueError, OSError, RuntimeError) as e:
         raise DelegateUnavailable(

@@ -1,0 +1,72 @@
+"""Shared fixtures for the edge tests (run in .venv-edge: tflite-runtime, numpy<2, no TensorFlow).
+
+The portfolio under fixtures/ is made by tools/make_edge_fixtures.py; reference outputs there
+were computed with TensorFlow's own TFLite interpreter.
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # works before `pip install -e .` too
+    sys.path.insert(0, str(ROOT))
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PORTFOLIO = FIXTURES / "portfolio"
+IDS = ["L00-dense-fp32", "L02-pruned-fp32", "L04-pruned-fp32", "L04-pruned-int8"]
+
+
+@pytest.fixture(scope="session")
+def portfolio() -> Path:
+    return PORTFOLIO
+
+
+@pytest.fixture
+def tmp_portfolio(tmp_path) -> Path:
+    """A writable copy of the fixture portfolio (for tampering)."""
+    dst = tmp_path / "portfolio"
+    shutil.copytree(PORTFOLIO, dst)
+    profile = dst / "device_profile.json"
+    if profile.exists():
+        profile.unlink()
+    return dst
+
+
+@pytest.fixture(scope="session")
+def manifest_doc() -> dict:
+    return json.loads((PORTFOLIO / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def ref_inputs() -> np.ndarray:
+    return np.load(FIXTURES / "reference" / "inputs.npy")
+
+
+@pytest.fixture(scope="session")
+def refs() -> dict:
+    return {vid: np.load(FIXTURES / "reference" / f"{vid}.npy") for vid in IDS}
+
+
+@pytest.fixture
+def make_switcher(portfolio):
+    """Build a switcher with simulated (static) CPU signals, one thread, no device profile."""
+    from edge_runtime.monitor import StaticMonitor
+    from edge_runtime.switcher import EdgeSwitcher
+
+    made = []
+
+    def make(path=None, **kw):
+        kw.setdefault("num_threads", 1)
+        kw.setdefault("monitor", StaticMonitor(cpu_busy_other=0.0, cpu_count_=2))
+        kw.setdefault("use_profile", False)
+        sw = EdgeSwitcher.from_portfolio(path or portfolio, **kw)
+        made.append(sw)
+        return sw
+
+    yield make
+    for sw in made:
+        sw.close()
