@@ -398,6 +398,8 @@ def manifest_path(folder_or_file: PathLike) -> Path:
 
 def load_manifest(folder_or_file: PathLike) -> Manifest:
     """Read and validate a portfolio's manifest; ``ManifestError`` names the file on any problem."""
+    if not Path(folder_or_file).exists():
+        raise ManifestError(f"{folder_or_file}: no such portfolio folder or manifest file")
     path = manifest_path(folder_or_file)
     source = str(path)
     try:

@@ -89,8 +89,8 @@ class EdgeSwitcher:
         self.memory_reserve_mb = memory_reserve_mb
         self.policy = make_policy(policy)
         self.monitor = monitor if monitor is not None else SystemMonitor()
-        self._latency_budget_ms = latency_budget_ms
-        self._budget_changed = True
+        self._latency_budget_ms: Optional[float] = None
+        self.set_budget(latency_budget_ms)
         self._slots: Dict[str, _Slot] = {}
         for v in manifest.variants:
             self._slots[v.id] = _Slot(v, self._memory_guess(v), self._baseline(v))
