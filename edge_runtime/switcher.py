@@ -14,6 +14,7 @@ Concurrency design:
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -74,7 +75,8 @@ class EdgeSwitcher:
                  memory_budget_mb: Optional[float] = None, preload: str = "all",
                  num_threads: Optional[int] = None, latency_budget_ms: Optional[float] = None,
                  monitor: Any = None, profile: Optional[DeviceProfile] = None,
-                 learn: bool = True, memory_reserve_mb: float = 32.0):
+                 learn: bool = True, memory_reserve_mb: float = 32.0,
+                 decision_interval_s: float = 0.01):
         if preload not in ("all", "lazy"):
             raise ValueError(f"preload must be 'all' or 'lazy', got {preload!r}")
         if manifest.folder is None:
@@ -87,6 +89,10 @@ class EdgeSwitcher:
         self.preload = preload
         self.memory_budget_mb = memory_budget_mb
         self.memory_reserve_mb = memory_reserve_mb
+        # predict() re-runs the policy at most this often (a budget change is seen at once):
+        # the CPU signal only refreshes every 0.25 s and the EWMA moves slowly anyway.
+        self.decision_interval_s = decision_interval_s
+        self._last_decide = -math.inf
         self.policy = make_policy(policy)
         self.monitor = monitor if monitor is not None else SystemMonitor()
         self._latency_budget_ms: Optional[float] = None
@@ -107,6 +113,7 @@ class EdgeSwitcher:
         self._switches = {"auto": 0, "manual": 0}
         self._switch_us: Deque[float] = deque(maxlen=4096)
         self._decide_us: Deque[float] = deque(maxlen=4096)
+        self._decision_ids = itertools.count(1)  # next() is atomic: no lock for the counter
         self._decisions = 0
         self._evictions = 0
         self._last_decision: Optional[Decision] = None
@@ -132,7 +139,8 @@ class EdgeSwitcher:
         naming it. A missing or tampered variant file, or an Edge TPU variant without the
         delegate, only disables that variant (see ``stats()['variants'][id]['error']``).
         Other keyword arguments: ``num_threads``, ``latency_budget_ms``, ``monitor``,
-        ``learn`` (use measured latencies), ``memory_reserve_mb``.
+        ``learn`` (use measured latencies), ``memory_reserve_mb``, ``decision_interval_s``
+        (how often ``predict`` re-runs the policy; 0 = every call).
         """
         manifest = load_manifest(path)
         profile = load_profile(manifest.folder, manifest) if use_profile else None
@@ -391,11 +399,15 @@ class EdgeSwitcher:
             except VariantUnavailable as e:
                 decision = Decision(self._active, f"switch to {target} failed: {e}")
         self._last_decision = decision
-        self._decisions += 1
+        self._last_decide = time.monotonic()
+        self._decisions = next(self._decision_ids)
         self._decide_us.append((time.perf_counter() - t0) * 1e6)
         return decision
 
     def _auto_decide(self) -> None:
+        if (not self._budget_changed
+                and time.monotonic() - self._last_decide < self.decision_interval_s):
+            return
         if self._decide_lock.acquire(blocking=False):  # another thread is already deciding
             try:
                 self.decide()

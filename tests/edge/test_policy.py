@@ -128,7 +128,7 @@ def test_switcher_follows_the_application_budget(make_switcher, ref_inputs):
 def test_switcher_backs_off_under_cpu_load(make_switcher, ref_inputs):
     from edge_runtime.monitor import StaticMonitor
     mon = StaticMonitor(cpu_busy_other=0.0, cpu_count_=2)
-    sw = make_switcher(learn=False, monitor=mon, latency_budget_ms=3.0)
+    sw = make_switcher(learn=False, monitor=mon, latency_budget_ms=3.0, decision_interval_s=0)
     assert sw.predict(ref_inputs[0], return_variant=True)[1] == "L00-dense-fp32"
     mon.set(cpu_busy_other=0.85)                    # factor 1/0.3 = 3.33: only int8 (1.83) fits
     assert sw.predict(ref_inputs[0], return_variant=True)[1] == "L04-pruned-int8"
@@ -141,7 +141,7 @@ def test_switcher_backs_off_under_cpu_load(make_switcher, ref_inputs):
 
 
 def test_switcher_downgrades_when_measured_latency_grows(make_switcher, ref_inputs):
-    sw = make_switcher(latency_budget_ms=3.0)        # learning on
+    sw = make_switcher(latency_budget_ms=3.0, decision_interval_s=0)   # learning on
     assert sw.active == "L00-dense-fp32"
     for _ in range(5):                               # the dense model turns out to take 6 ms here
         sw.estimator.observe("L00-dense-fp32", 6.0)
@@ -149,3 +149,15 @@ def test_switcher_downgrades_when_measured_latency_grows(make_switcher, ref_inpu
     # speed ratio 2.5 applies to the others too: 1.6*2.5 = 4 > 2.7, 0.9*2.5 = 2.25 fits
     assert vid == "L04-pruned-fp32"
     assert sw.stats()["decisions"]["last"].startswith("most accurate that fits")
+
+
+def test_policy_runs_at_most_every_decision_interval_but_sees_budget_changes(make_switcher,
+                                                                            ref_inputs):
+    sw = make_switcher(learn=False, decision_interval_s=60.0)
+    n0 = sw.stats()["decisions"]["count"]
+    for _ in range(20):
+        sw.predict(ref_inputs[0])
+    assert sw.stats()["decisions"]["count"] - n0 <= 1           # not once per call
+    sw.set_budget(0.2)                                           # ... but a budget change is
+    assert sw.predict(ref_inputs[0], return_variant=True)[1] == "L04-pruned-int8"
+    assert sw.stats()["decisions"]["count"] - n0 <= 2

@@ -46,6 +46,18 @@ def test_int8_variant_quantizes_input_and_dequantizes_output(make_switcher, ref_
     assert np.allclose(y * 256, np.round(y * 256), atol=1e-4)
 
 
+def test_results_are_copies_not_views_into_the_interpreter(make_switcher, ref_inputs, refs):
+    sw = make_switcher()
+    sw.switch_to("L02-pruned-fp32")
+    first = sw.predict(ref_inputs[0])
+    keep = first.copy()
+    for i in range(1, 8):
+        sw.predict(ref_inputs[i])
+    assert np.array_equal(first, keep)
+    first[:] = -1.0                                   # writing into a result changes nothing
+    _close("L02-pruned-fp32", sw.predict(ref_inputs[0])[None], refs["L02-pruned-fp32"][:1])
+
+
 def test_predict_accepts_other_numeric_dtypes_and_does_not_modify_input(make_switcher,
                                                                         ref_inputs, refs):
     sw = make_switcher()
