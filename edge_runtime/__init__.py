@@ -5,6 +5,18 @@ between them at run time. Depends only on numpy and a TFLite interpreter (``tfli
 else ``ai_edge_litert``, else ``tensorflow.lite``); importing this package loads neither — the
 interpreter backend is resolved on first use, so the host exporter can import
 ``edge_runtime.manifest`` cheaply.
+
+Device use::
+
+    from edge_runtime import EdgeSwitcher
+    sw = EdgeSwitcher.from_portfolio("portfolio/", memory_budget_mb=64, preload="all")
+    sw.set_budget(5.0)                       # ms per example; may change at any time
+    scores, served_by = sw.predict(x, return_variant=True)
+    sw.stats()
+
+Modules: ``manifest`` (schema, atomic writes, verification), ``interpreter`` (backend, runner),
+``policy`` (latency model, selection), ``monitor`` (/proc), ``profile`` (on-device calibration),
+``switcher`` (EdgeSwitcher), ``cli`` (``edge-switcher``).
 """
 from typing import Any
 
