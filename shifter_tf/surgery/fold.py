@@ -1,0 +1,68 @@
+"""Fold inference-mode BatchNormalization into the Conv/DepthwiseConv/SeparableConv/Dense that
+feeds it: w' = w * gamma/sqrt(var+eps), b' = (b - mean) * gamma/sqrt(var+eps) + beta."""
+from __future__ import annotations
+
+import numpy as np
+
+import shifter_tf  # noqa: F401
+import tf_keras as keras
+
+from shifter_tf.surgery import layers as K
+from shifter_tf.surgery.ir import ModelIR
+
+L = keras.layers
+
+
+def kernel_names(layer) -> tuple[str, str]:
+    """(name of the weight whose last axis is the output channel, bias name)."""
+    t = type(layer)
+    if t in (L.SeparableConv1D, L.SeparableConv2D):
+        return "pointwise_kernel", "bias"
+    if t in K._DEPTHWISE:
+        return "depthwise_kernel", "bias"
+    return "kernel", "bias"
+
+
+def _foldable(ir: ModelIR, kinds: list, bn_call) -> bool:
+    src = ir.tensors[bn_call.inputs[0]]
+    prod = ir.calls[src.producer]
+    if kinds[prod.index].kind not in (K.PRODUCER, K.DEPTHWISE):
+        return False
+    if K.activation_name(getattr(prod.layer, "activation", None)) != "linear":
+        return False
+    if len(ir.calls_of(prod.layer)) != 1 or len(ir.calls_of(bn_call.layer)) != 1:
+        return False
+    return src.consumers == [bn_call.index] and src.index not in ir.outputs
+
+
+def fold_batchnorm_calls(ir: ModelIR, kinds: list, weights: dict) -> dict:
+    """Fold every foldable BN call in place: kinds become FOLDED, producer weights are replaced.
+
+    Returns {producer call index: folded BN layer name}. Producers that get a bias they did not
+    have are listed too (their rebuilt config must say use_bias=True).
+    """
+    folded = {}
+    for call in ir.calls:
+        if type(call.layer) is not L.BatchNormalization or kinds[call.index].kind != K.CHANNELWISE:
+            continue
+        if not _foldable(ir, kinds, call):
+            continue
+        prod = ir.calls[ir.tensors[call.inputs[0]].producer]
+        scale, shift = K.bn_affine(call.layer, weights[id(call.layer)])
+        w = weights[id(prod.layer)]
+        kname, bname = kernel_names(prod.layer)
+        kernel = w[kname]
+        shape = kernel.shape
+        if kinds[prod.index].kind == K.DEPTHWISE:  # (..., C, m): output channel is c*m + j
+            flat = kernel.reshape(shape[:-2] + (-1,))
+            new_kernel = (flat * scale).reshape(shape)
+        else:
+            new_kernel = kernel * scale
+        bias = w[bname].astype(np.float64) if bname in w else np.zeros(len(scale))
+        w = dict(w)
+        w[kname] = new_kernel.astype(kernel.dtype)
+        w[bname] = (bias * scale + shift).astype(kernel.dtype)
+        weights[id(prod.layer)] = w
+        kinds[call.index] = K.Kind(K.FOLDED, f"folded into {prod.name}")
+        folded[prod.index] = call.name
+    return folded

@@ -1,0 +1,188 @@
+"""Rebuild a smaller tf_keras functional model from the flattened graph and the plan.
+
+Each layer is re-created from its config (filters/units changed), built with its sliced numpy
+weights as initial values (no random init, no second assign), and connected with a shape-only
+symbolic call; Keras' default functional call traces every layer in a scratch graph, which
+costs milliseconds per layer. Layers we do not understand are reused as they are.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import shifter_tf  # noqa: F401
+import tensorflow as tf
+import tf_keras as keras
+
+from shifter_tf.surgery import layers as K
+from shifter_tf.surgery.fold import kernel_names
+from shifter_tf.surgery.ir import ModelIR, SurgeryError, replay_arguments
+
+L = keras.layers
+
+
+def _index(mask) -> np.ndarray | slice:
+    return slice(None) if mask is None or mask.all() else np.flatnonzero(mask)
+
+
+def _take(a: np.ndarray, idx, axis: int) -> np.ndarray:
+    return a if isinstance(idx, slice) else np.take(a, idx, axis=axis)
+
+
+def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict):
+    """(config changes, {weight name: array}) of the rebuilt layer for one call."""
+    layer = call.layer
+    w = weights.get(id(layer), {})
+    if kind == K.PRODUCER:
+        in_idx = _index(keep[call.inputs[0]])
+        out_mask = keep[call.outputs[0]]
+        out_idx = _index(out_mask)
+        kname, bname = kernel_names(layer)
+        values = {}
+        if kname == "pointwise_kernel":
+            dw, pw = w["depthwise_kernel"], w["pointwise_kernel"]
+            mult = dw.shape[-1]
+            values["depthwise_kernel"] = _take(dw, in_idx, -2)
+            if not isinstance(in_idx, slice):
+                rows = (in_idx[:, None] * mult + np.arange(mult)).ravel()
+                pw = np.take(pw, rows, axis=-2)
+            values["pointwise_kernel"] = _take(pw, out_idx, -1)
+        else:
+            values["kernel"] = _take(_take(w["kernel"], in_idx, -2), out_idx, -1)
+        delta = bias_delta.get(call.index)
+        use_bias = bname in w or delta is not None
+        if use_bias:
+            bias = w[bname].astype(np.float64) if bname in w else np.zeros(len(out_mask))
+            if delta is not None:
+                bias = bias + delta
+            values[bname] = _take(bias, out_idx, 0).astype(values.get("kernel", values.get(
+                "pointwise_kernel")).dtype)
+        key = "units" if type(layer) is L.Dense else "filters"
+        return {key: int(out_mask.sum()), "use_bias": bool(use_bias)}, values
+    if kind == K.DEPTHWISE:
+        in_idx = _index(keep[call.inputs[0]])
+        out_idx = _index(keep[call.outputs[0]])
+        values = {"depthwise_kernel": _take(w["depthwise_kernel"], in_idx, -2)}
+        if "bias" in w:
+            values["bias"] = _take(w["bias"], out_idx, 0)
+        return {"use_bias": "bias" in w}, values
+    if kind == K.CHANNELWISE and w:
+        idx = _index(keep[call.inputs[0]])
+        return {}, {name: _take(a, idx, -1) for name, a in w.items()}
+    return {}, dict(w)
+
+
+class _Given:
+    """Initializer returning a fixed array, so variables start with the pruned weights."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        if tuple(shape) != self.value.shape:
+            raise SurgeryError(f"internal: weight shape {tuple(shape)} != {self.value.shape}")
+        return tf.constant(self.value, dtype=dtype)
+
+
+def build_with_values(layer, inputs, values: dict) -> None:
+    """Build `layer` for `inputs`, creating each weight named in `values` with that value."""
+    pending = dict(values)
+    original = layer.add_weight
+
+    def add_weight(*args, **kwargs):
+        name = kwargs.get("name", args[0] if args else None)
+        if name in pending:
+            kwargs["initializer"] = _Given(pending.pop(name))
+        return original(*args, **kwargs)
+
+    object.__setattr__(layer, "add_weight", add_weight)
+    try:
+        layer._maybe_build(inputs)
+    finally:
+        object.__delattr__(layer, "add_weight")
+    if pending:  # a layer naming its weights differently: fall back to assigning them
+        raise SurgeryError(f"internal: weights {sorted(pending)} of {layer.name} not created")
+
+
+def call_symbolic(layer, args, kwargs):
+    """Connect `layer` in the new graph using its compute_output_shape instead of tracing."""
+    layer._dynamic = True
+    try:
+        return layer(*args, **kwargs)
+    except Exception:  # layer without a usable compute_output_shape: trace it after all
+        layer._dynamic = False
+        return layer(*args, **kwargs)
+    finally:
+        layer._dynamic = False
+
+
+def _new_input(call):
+    cfg = call.layer.get_config()
+    return keras.Input(batch_shape=cfg["batch_input_shape"], dtype=cfg.get("dtype"),
+                       name=call.name, sparse=cfg.get("sparse", False),
+                       ragged=cfg.get("ragged", False))
+
+
+def _clone_frozen(call, args, kwargs):
+    """A copy of a known layer we do not prune, with its weights (the layer itself if it
+    cannot be re-created from its config)."""
+    try:
+        layer = type(call.layer).from_config({**call.layer.get_config(), "name": call.name})
+        out = layer(*args, **kwargs)
+        layer.set_weights(call.layer.get_weights())
+        return layer, out
+    except Exception:
+        return call.layer, call.layer(*args, **kwargs)
+
+
+def rebuild(ir: ModelIR, kinds: list, keep: list, bias_delta: dict, weights: dict,
+            name: str | None = None):
+    """(new model, {layer name: build ms}, {id(original layer): new layer}).
+
+    Channels of tensor t stay where `keep[t]` is True (None: all stay); producer biases get
+    `bias_delta[call index]` added before slicing."""
+    new_t: dict = {}
+    new_layers: dict = {}
+    times: dict = {}
+    inputs = []
+    for call in ir.calls:
+        start = time.perf_counter()
+        kind = kinds[call.index].kind
+        if kind == K.INPUT:
+            new_t[call.outputs[0]] = _new_input(call)
+            inputs.append(new_t[call.outputs[0]])
+            continue
+        if kind == K.FOLDED:
+            new_t[call.outputs[0]] = new_t[call.inputs[0]]
+            continue
+        args, kwargs = replay_arguments(call, new_t)
+        layer = new_layers.get(id(call.layer))
+        if kind == K.OPAQUE:
+            out = call.layer(*args, **kwargs)
+        elif kind == K.FROZEN and layer is None and call.layer.weights:
+            layer, out = _clone_frozen(call, args, kwargs)
+            new_layers[id(call.layer)] = layer
+        else:
+            if layer is None:
+                changes, values = sliced_weights(call, kind, keep, bias_delta, weights)
+                cfg = call.layer.get_config()
+                cfg.update(changes, name=call.name)
+                layer = type(call.layer).from_config(cfg)
+                if values:
+                    build_with_values(layer, args[0] if args else kwargs.get("inputs"), values)
+                new_layers[id(call.layer)] = layer
+            out = call_symbolic(layer, args, kwargs)
+        for t, kt in zip(call.outputs, tf.nest.flatten(out)):
+            expect = list(ir.tensors[t].shape)
+            if keep[t] is not None:
+                expect[-1] = int(keep[t].sum())
+            if list(kt.shape) != expect:
+                raise SurgeryError(f"internal: {call.name} gives shape {kt.shape}, expected {expect}")
+            new_t[t] = kt
+        times[call.name] = times.get(call.name, 0.0) + (time.perf_counter() - start) * 1e3
+    model = ir.model
+    ins = tf.nest.pack_sequence_as(model._nested_inputs, inputs)
+    outs = tf.nest.pack_sequence_as(model._nested_outputs, [new_t[t] for t in ir.outputs])
+    new_layers.update({id(c.layer): c.layer for c in ir.calls if kinds[c.index].kind == K.OPAQUE})
+    return keras.Model(ins, outs, name=name or model.name), times, new_layers
