@@ -1,0 +1,137 @@
+"""The phases over a run folder: train (lottery) -> prune (surgery) -> export (portfolio).
+
+    RUN/levels/level_XX/   sparse models (phase 1)
+    RUN/pruned/level_XX/   model.keras + report.json (phase 2)
+    RUN/portfolio/         manifest.json + variants/*.tflite (phase 3)
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import shifter_tf  # noqa: F401
+import tf_keras as keras
+from tqdm.auto import tqdm
+
+from shifter_tf import lottery
+from shifter_tf.config import Config, load_config
+from shifter_tf.data import Dataset, load_dataset
+from shifter_tf.io import atomic_dir, atomic_write_json
+from shifter_tf.portfolio import Candidate, build_portfolio, format_table
+from shifter_tf.surgery import prune_structured
+
+
+def run_config(run: Path) -> Config:
+    path = Path(run) / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{run}: not a run folder (no config.yaml); "
+                                "create one with `shifter-tf train`")
+    return load_config(path)
+
+
+def pruned_dir(run: Path, level: int) -> Path:
+    return Path(run) / "pruned" / f"level_{level:02d}"
+
+
+def prune_run(run: Path, force: Optional[bool] = None, data: Optional[Dataset] = None,
+              progress: bool = True) -> str:
+    """Structurally prune every finished sparse level of `run`; returns a summary table."""
+    cfg = run_config(run)
+    levels = [l for l in lottery.finished_levels(run) if l > 0]
+    if not levels:
+        raise FileNotFoundError(f"{run}/levels: no finished sparse level to prune")
+    data = data or load_dataset(cfg.data, cfg.seed)
+    sample = data.normalized("val")[0][: cfg.surgery.sample_size]
+    rows = ["| level | density | params before | params after | MACs before | MACs after | "
+            "rewrite ms | max abs dlogit | top-1 agreement |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    summary = []
+    for level in tqdm(levels, desc="prune", unit="level", disable=not progress):
+        sparse = lottery.load_level_model(run, level)
+        pruned, report = prune_structured(
+            sparse, sample=sample, min_agreement=cfg.surgery.min_agreement,
+            force=cfg.surgery.force if force is None else force)
+        rep = report.to_dict()
+
+        def fill(tmp: Path, pruned=pruned, rep=rep):
+            pruned.save(tmp / "model.keras")
+            (tmp / "report.json").write_text(json.dumps(rep, indent=2, default=str))
+        atomic_dir(pruned_dir(run, level), fill)
+        ver = rep.get("verification") or {}
+        metrics = json.loads((lottery.level_dir(run, level) / "metrics.json").read_text())
+        summary.append({"level": level, "density": metrics["density"], **{
+            k: rep[k] for k in ("params_before", "params_after", "macs_before", "macs_after",
+                                "rewrite_ms")}, "verification": ver})
+        rows.append(f"| {level} | {metrics['density']:.4f} | {rep['params_before']:,} | "
+                    f"{rep['params_after']:,} | {rep['macs_before']:,} | {rep['macs_after']:,} | "
+                    f"{rep['rewrite_ms']:.1f} | {ver.get('max_abs_dlogit', float('nan')):.2e} | "
+                    f"{ver.get('top1_agreement', float('nan')):.4f} |")
+    atomic_write_json(Path(run) / "pruned" / "summary.json", summary)
+    return "\n".join(rows)
+
+
+def candidates(run: Path, cfg: Config) -> list[Candidate]:
+    """What goes into the portfolio: dense (level 0), each sparse level, each pruned level.
+
+    Sparse variants are exported in fp32 only: they are the reference the pruned twins are
+    compared against (TFLite gains nothing from unstructured zeros), not deployment targets.
+    """
+    kinds, precisions = cfg.export.kinds, cfg.export.precisions
+    out = []
+    results = {r.level: r for r in lottery.load_results(run)}
+    if "dense" in kinds and 0 in results:
+        out.append(Candidate("dense", 0, 1.0, lambda: lottery.load_level_model(run, 0),
+                             precisions))
+    for level, r in sorted(results.items()):
+        if level == 0:
+            continue
+        if "sparse" in kinds:
+            out.append(Candidate("sparse", level, r.density,
+                                 lambda l=level: lottery.load_level_model(run, l), ["fp32"]))
+        if "pruned" in kinds:
+            path = pruned_dir(run, level) / "model.keras"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: level {level} is not pruned yet; "
+                                        "run `shifter-tf prune` first")
+            out.append(Candidate("pruned", level, r.density,
+                                 lambda p=path: keras.models.load_model(p, compile=False,
+                                                                        safe_mode=False),
+                                 precisions, parent_kind="sparse"))
+    return out
+
+
+def export_run(run: Path, data: Optional[Dataset] = None, progress: bool = True) -> str:
+    """Write RUN/portfolio from the levels and pruned levels; returns the portfolio table."""
+    cfg = run_config(run)
+    data = data or load_dataset(cfg.data, cfg.seed)
+    ex = cfg.export
+    manifest = build_portfolio(Path(run) / "portfolio", candidates(run, cfg), data, cfg.name,
+                               threads=ex.threads, runs=ex.latency_runs, warmup=ex.latency_warmup,
+                               representative=ex.representative_samples,
+                               eval_limit=ex.eval_limit, progress=progress)
+    return format_table(manifest)
+
+
+def run_all(cfg: Config, out: Path, resume: bool = False) -> str:
+    """Phases 1-3 and the report; returns the table of pruned variants."""
+    from shifter_tf import report
+
+    timings = {}
+    t = time.perf_counter()
+    data = load_dataset(cfg.data, cfg.seed)
+    lottery.run_lottery(cfg, out, resume=resume, data=data)
+    timings["train_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    prune_run(out, data=data)
+    timings["prune_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    export_run(out, data=data)
+    timings["export_s"] = time.perf_counter() - t
+    atomic_write_json(Path(out) / "timings.json", timings)
+    report.write_report(out)
+    manifest = json.loads((Path(out) / "portfolio" / "manifest.json").read_text())
+    return (format_table(manifest, kinds=("dense", "pruned")) +
+            f"\n\nportfolio: {Path(out) / 'portfolio'}   report: {Path(out) / 'report.md'}"
+            f"\ntimings: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

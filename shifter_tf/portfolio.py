@@ -1,0 +1,115 @@
+"""The portfolio folder, the contract with the device: variants/*.tflite + manifest.json.
+
+Every variant is converted, written and measured on a TFLite interpreter; the folder is built
+under a temporary name and swapped in whole, so a crash mid-export leaves the previous portfolio
+(and its manifest) intact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import shifter_tf
+from edge_runtime.manifest import file_entry, load_manifest, new_manifest, write_manifest
+from shifter_tf.data import Dataset
+from shifter_tf.export import convert
+from shifter_tf.evaluate import measure
+from shifter_tf.io import atomic_dir
+from shifter_tf.surgery import count_params_and_macs
+
+
+@dataclass
+class Candidate:
+    """A Keras model to put in the portfolio, and what it is."""
+    kind: str                 # dense | sparse | pruned
+    level: int
+    density: float
+    load: Callable[[], object]    # returns the tf_keras model (loaded lazily, one at a time)
+    precisions: Sequence[str]
+    parent_kind: Optional[str] = None   # the variant (same level, same precision) it came from
+    extra: Optional[dict] = None
+
+
+def variant_id(kind: str, level: int, precision: str) -> str:
+    return f"L{level:02d}-{kind}-{precision}"
+
+
+def task_entry(data: Dataset, name: str) -> dict:
+    return {"name": name, "input_shape": list(data.input_shape), "input_dtype": "float32",
+            "normalization": data.norm.to_dict(), "labels": list(data.labels),
+            "num_classes": data.num_classes}
+
+
+def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, name: str,
+                    threads: Sequence[int] = (1, 0), runs: int = 50, warmup: int = 5,
+                    representative: int = 200, eval_limit: Optional[int] = None,
+                    progress: bool = True) -> dict:
+    """Convert, measure and write every candidate at each of its precisions; returns the manifest.
+    """
+    x_test, y_test = data.normalized("test")
+    if eval_limit:
+        x_test, y_test = x_test[:eval_limit], y_test[:eval_limit]
+    rep = data.normalized("train")[0]
+    rep = rep[np.random.default_rng(0).permutation(len(rep))[:representative]]
+    total = sum(len(c.precisions) for c in candidates)
+    manifest: dict = {}
+
+    def fill(tmp: Path) -> None:
+        (tmp / "variants").mkdir()
+        entries = []
+        bar = tqdm(total=total, desc="export", unit="variant", disable=not progress)
+        for c in candidates:
+            model = c.load()
+            params, nonzero, macs = count_params_and_macs(model)
+            for precision in c.precisions:
+                vid = variant_id(c.kind, c.level, precision)
+                rel = f"variants/{vid}.tflite"
+                blob = convert(model, precision, rep)
+                (tmp / rel).write_bytes(blob)
+                m = measure(blob, x_test, y_test, threads, runs, warmup)
+                parent = (variant_id(c.parent_kind, c.level, precision)
+                          if c.parent_kind else None)
+                entries.append({
+                    "id": vid, **file_entry(tmp, rel), "kind": c.kind, "precision": precision,
+                    "level": c.level, "density": float(c.density), "params_total": int(params),
+                    "params_nonzero": int(nonzero), "macs": int(macs), "accuracy": m.accuracy,
+                    "latency_ms": m.latency_ms, "latency_p90_ms": m.latency_p90_ms,
+                    "init_ms": m.init_ms, "parent": parent, **(c.extra or {})})
+                bar.update(1)
+        bar.close()
+        known = {e["id"] for e in entries}
+        for e in entries:   # a parent that was not exported (kind or precision off) is dropped
+            if e["parent"] not in known:
+                e["parent"] = None
+        manifest.update(new_manifest(task_entry(data, name), entries,
+                                     generator=f"shifter-tf {shifter_tf.__version__}"))
+        write_manifest(tmp, manifest)
+
+    atomic_dir(out, fill)
+    load_manifest(out)   # read back through the device's own validator
+    return manifest
+
+
+def format_table(manifest: dict, kinds: Sequence[str] = ("dense", "sparse", "pruned")) -> str:
+    """The portfolio as a Markdown table, one row per variant."""
+    rows = ["| id | kind | prec | density | params | MACs | accuracy | KB | ms@1 | ms@all |",
+            "|:---|:---|:---|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in manifest["variants"]:
+        if v["kind"] not in kinds:
+            continue
+        lat = v["latency_ms"]
+        one = lat.get("1")
+        allc = lat[max(lat, key=int)] if lat else None
+        acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.4f}"
+        rows.append(f"| {v['id']} | {v['kind']} | {v['precision']} | {v['density']:.4f} | "
+                    f"{v['params_total']:,} | {v['macs']:,} | {acc} | {v['bytes'] / 1024:.1f} | "
+                    f"{_ms(one)} | {_ms(allc)} |")
+    return "\n".join(rows)
+
+
+def _ms(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
