@@ -113,3 +113,25 @@ def format_table(manifest: dict, kinds: Sequence[str] = ("dense", "sparse", "pru
 
 def _ms(x: Optional[float]) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+def verify_portfolio(folder: Path) -> list[str]:
+    """Check every variant file against the manifest and that it loads; returns the problems.
+
+    Each problem names the variant and its file, so a corrupted or truncated .tflite is found
+    on the host before it is copied to a device.
+    """
+    from edge_runtime.interpreter import load_runner
+    from edge_runtime.manifest import ManifestError, read_variant_file
+
+    manifest = load_manifest(folder)
+    problems = []
+    for v in manifest.variants:
+        try:
+            load_runner(read_variant_file(folder, v), num_threads=1)
+        except ManifestError as e:
+            problems.append(str(e))
+        except Exception as e:  # the interpreter's own message for a file that will not load
+            problems.append(f"{Path(folder) / v.file}: variant {v.id} does not load: "
+                            f"{str(e).splitlines()[0][:200]}")
+    return problems

@@ -1,0 +1,116 @@
+"""Phases 2-3 on a real (tiny) IMP run: prune every level, export, verify the portfolio."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from edge_runtime.manifest import ManifestError, load_manifest, validate
+from shifter_tf import lottery, pipeline, portfolio, report
+from shifter_tf.evaluate import accuracy
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, mnist_tiny):
+    """Two levels at p = 0.8 (density 4%): deep filters die, so pruning has work to do."""
+    run = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(lottery={"levels": 2, "prune_fraction": 0.8},
+                      export={"precisions": ["fp32", "int8"]})
+    lottery.run_lottery(cfg, run, data=mnist_tiny, progress=False)
+    pipeline.prune_run(run, data=mnist_tiny, progress=False)
+    pipeline.export_run(run, data=mnist_tiny, progress=False)
+    return run
+
+
+def test_manifest_validates_and_lists_every_variant(run):
+    doc = json.loads((run / "portfolio" / "manifest.json").read_text())
+    validate(doc, "manifest.json")
+    ids = {v["id"] for v in doc["variants"]}
+    assert ids == {"L00-dense-fp32", "L00-dense-int8", "L01-sparse-fp32", "L01-pruned-fp32",
+                   "L01-pruned-int8", "L02-sparse-fp32", "L02-pruned-fp32", "L02-pruned-int8"}
+    assert doc["task"]["input_shape"] == [28, 28, 1]
+    assert doc["task"]["normalization"]["scale"] == pytest.approx(1 / 255)
+    for v in doc["variants"]:
+        assert v["latency_ms"]["1"] > 0 and 0 <= v["accuracy"] <= 1
+        assert v["params_nonzero"] <= v["params_total"]
+    assert portfolio.verify_portfolio(run / "portfolio") == []
+
+
+def test_pruned_tflite_agrees_with_sparse_tflite_and_is_smaller(run, mnist_tiny):
+    m = load_manifest(run / "portfolio")
+    by_id = {v.id: v for v in m.variants}
+    x, y = mnist_tiny.normalized("test")
+    for level in (1, 2):
+        sparse = by_id[f"L{level:02d}-sparse-fp32"]
+        pruned = by_id[f"L{level:02d}-pruned-fp32"]
+        a_s = accuracy((run / "portfolio" / sparse.file).read_bytes(), x, y)
+        a_p = accuracy((run / "portfolio" / pruned.file).read_bytes(), x, y)
+        assert abs(a_s - a_p) <= 0.001
+        assert pruned.parent == sparse.id
+    deepest = by_id["L02-pruned-fp32"]
+    assert deepest.bytes < by_id["L02-sparse-fp32"].bytes
+    assert deepest.macs < by_id["L02-sparse-fp32"].macs
+
+
+def test_corrupted_and_truncated_files_are_named(run, tmp_path):
+    import shutil
+    folder = tmp_path / "portfolio"
+    shutil.copytree(run / "portfolio", folder)
+    trunc = folder / "variants" / "L01-pruned-fp32.tflite"
+    trunc.write_bytes(trunc.read_bytes()[:1000])
+    flip = folder / "variants" / "L02-sparse-fp32.tflite"
+    data = bytearray(flip.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flip.write_bytes(bytes(data))
+    problems = portfolio.verify_portfolio(folder)
+    assert len(problems) == 2
+    assert any("L01-pruned-fp32" in p for p in problems)
+    assert any("L02-sparse-fp32" in p for p in problems)
+
+
+def test_crash_mid_export_keeps_old_portfolio(run, mnist_tiny, monkeypatch):
+    before = (run / "portfolio" / "manifest.json").read_text()
+    calls = {"n": 0}
+    real = portfolio.convert
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return real(*a, **k)
+    monkeypatch.setattr(portfolio, "convert", flaky)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pipeline.export_run(run, data=mnist_tiny, progress=False)
+    assert (run / "portfolio" / "manifest.json").read_text() == before
+    assert portfolio.verify_portfolio(run / "portfolio") == []
+    assert not list(run.glob(".portfolio*"))
+    # and a successful re-export replaces it (new created stamp, same variants)
+    monkeypatch.setattr(portfolio, "convert", real)
+    pipeline.export_run(run, data=mnist_tiny, progress=False)
+    after = json.loads((run / "portfolio" / "manifest.json").read_text())
+    assert after["created"] >= json.loads(before)["created"]
+    assert len(after["variants"]) == len(json.loads(before)["variants"])
+
+
+def test_report_writes_markdown_and_plots(run):
+    path = report.write_report(run)
+    text = path.read_text()
+    assert "L02-pruned-fp32" in text and "sparse twin" in text
+    for png in ("accuracy_vs_size.png", "accuracy_vs_latency.png", "channels.png"):
+        assert (run / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front():
+    pts = [(1, 0.5), (2, 0.9), (3, 0.8), (0.5, 0.4), (4, 0.95)]
+    assert report.pareto_front(pts) == [3, 0, 1, 4]
+
+
+def test_pruned_keras_models_match_sparse(run, mnist_tiny):
+    import tf_keras as keras
+    x, _ = mnist_tiny.normalized("val")
+    for level in (1, 2):
+        sparse = lottery.load_level_model(run, level)
+        pruned = keras.models.load_model(pipeline.pruned_dir(run, level) / "model.keras",
+                                         compile=False, safe_mode=False)
+        a, b = sparse.predict(x[:64], verbose=0), pruned.predict(x[:64], verbose=0)
+        assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max())
