@@ -20,7 +20,7 @@ import shifter_tf  # noqa: F401
 import tf_keras as keras
 
 from shifter_tf.surgery import layers as K
-from shifter_tf.surgery.fold import kernel_names
+from shifter_tf.surgery.fold import OUT_SCALE, kernel_names
 from shifter_tf.surgery.graph import DependencyGraph
 
 L = keras.layers
@@ -44,16 +44,24 @@ class Reader:
             self._ksum = _kernel_sum(self._layer, self._w)
         return self._ksum
 
+    def fold(self, c: np.ndarray) -> np.ndarray:
+        """Bias change (out,) caused by constant inputs c (0 where not constant)."""
+        k = self.ksum()
+        return (c.astype(k.dtype) @ k).astype(np.float64)
+
 
 def _kernel_sum(layer, w: dict) -> np.ndarray:
     t = type(layer)
     if t in (L.SeparableConv1D, L.SeparableConv2D):
         dw, pw = w["depthwise_kernel"], w["pointwise_kernel"]
         cin, mult = dw.shape[-2], dw.shape[-1]
-        dws = dw.reshape(-1, cin, mult).sum(0, dtype=np.float64)
-        return np.einsum("im,imo->io", dws, pw.reshape(cin, mult, -1).astype(np.float64))
-    kernel = w["kernel"]
-    return kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(0, dtype=np.float64)
+        dws = dw.reshape(-1, cin, mult).sum(0)
+        ksum = np.einsum("im,imo->io", dws, pw.reshape(cin, mult, -1))
+    else:
+        kernel = w["kernel"]
+        ksum = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(0)
+    scale = w.get(OUT_SCALE)
+    return ksum * scale.astype(ksum.dtype) if scale is not None else ksum
 
 
 def make_reader(layer, w: dict) -> Reader:
@@ -67,6 +75,9 @@ def make_reader(layer, w: dict) -> Reader:
     else:
         kernel = w["kernel"]
         nz = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).any(0)
+    scale = w.get(OUT_SCALE)
+    if scale is not None:
+        nz = nz & (scale != 0)
     _, bname = kernel_names(layer)
     out = nz.shape[1]
     bias = w[bname].astype(np.float64) if bname in w else np.zeros(out)
@@ -90,9 +101,14 @@ class Plan:
 
 
 def _dw_sum_and_zero(w: dict):
+    """Per output channel of a depthwise kernel: spatial sum and "all zero" (BN scale applied)."""
     dw = w["depthwise_kernel"]
     flat = dw.reshape(-1, dw.shape[-2] * dw.shape[-1])
-    return flat.sum(0, dtype=np.float64), ~flat.any(0)
+    dsum, zero = flat.sum(0, dtype=np.float64), ~flat.any(0)
+    scale = w.get(OUT_SCALE)
+    if scale is not None:
+        dsum, zero = dsum * scale, zero | (scale == 0)
+    return dsum, zero
 
 
 def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, policy: str):
@@ -110,6 +126,8 @@ def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, po
         cin = const[call.inputs[0]] if call.inputs else None
         ain = approx[call.inputs[0]] if call.inputs else None
         layer = call.layer
+        if kind in (K.PRODUCER, K.DEPTHWISE) and not K.elementwise_activation(layer):
+            continue  # softmax & co.: no per-channel constant (and the outputs are frozen)
         if kind == K.PRODUCER:
             r = readers[call.index]
             shape_in, shape_out = ir.tensors[call.inputs[0]].shape, ir.tensors[out_t].shape
@@ -129,7 +147,7 @@ def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, po
                 continue
             pre = r.bias.copy()
             if (known & (cin != 0)).any():
-                pre += np.where(known, cin, 0.0) @ r.ksum()
+                pre += r.fold(np.where(known, cin, 0.0))
             c = np.full(len(r.bias), np.nan)
             c[cand] = K.apply_activation(r.act, pre[cand])
             const[out_t] = c
@@ -239,9 +257,9 @@ class _Sink:
     call: int
     in_groups: np.ndarray
     out_groups: np.ndarray
-    bad_rows: np.ndarray       # input positions that must not be read if removed
-    nz_bad: np.ndarray         # nz restricted to bad rows
-    inexact_rows: np.ndarray   # subset of bad rows that are constant but not exactly foldable
+    nz: np.ndarray             # (in, out) float32 read pattern
+    bad: np.ndarray            # input positions that must not be read if removed
+    inexact: np.ndarray        # bad positions that are constant but not exactly foldable
 
 
 def _sinks(graph: DependencyGraph, readers: dict, const: list, approx: list, policy: str):
@@ -264,9 +282,8 @@ def _sinks(graph: DependencyGraph, readers: dict, const: list, approx: list, pol
             exact = known & ~a & (exact_pad | (c == 0))
             ok = exact | (known if policy == "fold" else False)
             inexact = known & ~exact & ~ok
-        bad = ~ok
         sinks.append(_Sink(call.index, graph.tensor_groups[t_in], graph.tensor_groups[t_out],
-                           bad, r.nz[bad], inexact[bad]))
+                           r.nz, ~ok, inexact))
     return sinks
 
 
@@ -275,15 +292,15 @@ def _blocked(sinks: list, removed: np.ndarray, n_groups: int, rows: str = "all")
     rows='inexact' / 'other' restricts to constant-but-inexact positions / to the rest."""
     blocked = np.zeros(n_groups, bool)
     for s in sinks:
-        if not len(s.nz_bad):
-            continue
         kept_out = ~removed[s.out_groups]
-        read = (s.nz_bad @ kept_out.astype(np.float32)) > 0
+        read = (s.nz @ kept_out.astype(np.float32)) > 0
         if rows == "inexact":
-            read &= s.inexact_rows
+            read &= s.inexact
         elif rows == "other":
-            read &= ~s.inexact_rows
-        blocked[s.in_groups[s.bad_rows][read]] = True
+            read &= s.bad & ~s.inexact
+        else:
+            read &= s.bad
+        blocked[s.in_groups[read]] = True
     return blocked
 
 
@@ -301,6 +318,22 @@ def analyse(graph: DependencyGraph, weights: dict, policy: str = "keep") -> Plan
     """Run the constant pass and the removal fixpoint; guarantee every tensor keeps a channel."""
     if policy not in POLICIES:
         raise ValueError(f"inexact must be one of {POLICIES}, got {policy!r}")
+    with _single_blas_thread():
+        return _analyse(graph, weights, policy)
+
+
+def _single_blas_thread():
+    """The matrix-vector products here are small; on a busy machine OpenBLAS threads spinning
+    for a core cost 10-50x more than they save."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(1, "blas")
+
+
+def _analyse(graph: DependencyGraph, weights: dict, policy: str) -> Plan:
     ir = graph.ir
     readers = {}
     by_layer = {}
@@ -344,7 +377,7 @@ def analyse(graph: DependencyGraph, weights: dict, policy: str = "keep") -> Plan
         read = gone & ((r.nz @ kept_out.astype(np.float32)) > 0)
         if not read.any():
             continue
-        bias_delta[s.call] = np.where(gone, c, 0.0) @ r.ksum()
+        bias_delta[s.call] = r.fold(np.where(gone, c, 0.0))
         exact_pad = K.padding_exact(call.layer, ir.tensors[t_in].shape,
                                     ir.tensors[call.outputs[0]].shape)
         a = approx[t_in] if approx[t_in] is not None else np.zeros(len(c), bool)

@@ -1,5 +1,9 @@
 """Fold inference-mode BatchNormalization into the Conv/DepthwiseConv/SeparableConv/Dense that
-feeds it: w' = w * gamma/sqrt(var+eps), b' = (b - mean) * gamma/sqrt(var+eps) + beta."""
+feeds it: w' = w * gamma/sqrt(var+eps), b' = (b - mean) * gamma/sqrt(var+eps) + beta.
+
+The kernel is not multiplied here: the per-output-channel scale is stored next to it under
+OUT_SCALE and applied after slicing (`scaled_kernel`), so a 25M-weight model is not copied twice.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +15,8 @@ from shifter_tf.surgery import layers as K
 from shifter_tf.surgery.ir import ModelIR
 
 L = keras.layers
+
+OUT_SCALE = "__bn_scale__"   # weights-dict key of the pending per-output-channel BN scale
 
 
 def kernel_names(layer) -> tuple[str, str]:
@@ -52,17 +58,22 @@ def fold_batchnorm_calls(ir: ModelIR, kinds: list, weights: dict) -> dict:
         w = weights[id(prod.layer)]
         kname, bname = kernel_names(prod.layer)
         kernel = w[kname]
-        shape = kernel.shape
-        if kinds[prod.index].kind == K.DEPTHWISE:  # (..., C, m): output channel is c*m + j
-            flat = kernel.reshape(shape[:-2] + (-1,))
-            new_kernel = (flat * scale).reshape(shape)
-        else:
-            new_kernel = kernel * scale
         bias = w[bname].astype(np.float64) if bname in w else np.zeros(len(scale))
         w = dict(w)
-        w[kname] = new_kernel.astype(kernel.dtype)
+        w[OUT_SCALE] = scale
         w[bname] = (bias * scale + shift).astype(kernel.dtype)
         weights[id(prod.layer)] = w
         kinds[call.index] = K.Kind(K.FOLDED, f"folded into {prod.name}")
         folded[prod.index] = call.name
     return folded
+
+
+def scaled_kernel(kernel: np.ndarray, scale, depthwise: bool = False) -> np.ndarray:
+    """kernel * scale over the output axis; for depthwise kernels (..., C, m) output c*m+j.
+    `scale` is already sliced like the kernel's outputs."""
+    if scale is None:
+        return kernel
+    scale = np.asarray(scale, dtype=kernel.dtype)
+    if depthwise:
+        return kernel * scale.reshape(kernel.shape[-2], kernel.shape[-1])
+    return kernel * scale

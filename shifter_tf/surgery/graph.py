@@ -99,11 +99,15 @@ class DependencyGraph:
                     union(ins[0], shared_ins[0])
                 else:
                     raw[call.outputs[0]] = fresh(outs[0].channels)
+                if not K.elementwise_activation(call.layer):
+                    freeze(raw[call.outputs[0]], f"{call.name}: activation mixes channels")
             elif k == K.DEPTHWISE:
                 mult = outs[0].channels // len(ins[0])
                 raw[call.outputs[0]] = np.repeat(ins[0], mult)
                 if shared_ins is not None:
                     union(ins[0], shared_ins[0])
+                if not K.elementwise_activation(call.layer):
+                    freeze(raw[call.outputs[0]], f"{call.name}: activation mixes channels")
             elif k in (K.CHANNELWISE, K.FOLDED):
                 raw[call.outputs[0]] = ins[0]
                 if shared_ins is not None and call.layer.weights:

@@ -65,6 +65,11 @@ def activation_name(fn) -> str:
     return name if name in ELEMENTWISE_ACTIVATIONS or name == "softmax" else ""
 
 
+def elementwise_activation(layer) -> bool:
+    """True when the layer's own `activation` acts per element (not softmax or custom)."""
+    return activation_name(getattr(layer, "activation", None)) in ELEMENTWISE_ACTIVATIONS
+
+
 def _channels_last(layer) -> bool:
     return getattr(layer, "data_format", "channels_last") == "channels_last"
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from shifter_tf.surgery import layers as K
-from shifter_tf.surgery.fold import kernel_names
+from shifter_tf.surgery.fold import OUT_SCALE, kernel_names, scaled_kernel
 from shifter_tf.surgery.ir import ModelIR, SurgeryError, replay_arguments
 
 L = keras.layers
@@ -39,6 +39,8 @@ def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict)
         out_mask = keep[call.outputs[0]]
         out_idx = _index(out_mask)
         kname, bname = kernel_names(layer)
+        scale = w.get(OUT_SCALE)
+        scale = _take(scale, out_idx, 0) if scale is not None else None
         values = {}
         if kname == "pointwise_kernel":
             dw, pw = w["depthwise_kernel"], w["pointwise_kernel"]
@@ -47,30 +49,35 @@ def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict)
             if not isinstance(in_idx, slice):
                 rows = (in_idx[:, None] * mult + np.arange(mult)).ravel()
                 pw = np.take(pw, rows, axis=-2)
-            values["pointwise_kernel"] = _take(pw, out_idx, -1)
+            values["pointwise_kernel"] = scaled_kernel(_take(pw, out_idx, -1), scale)
         else:
-            values["kernel"] = _take(_take(w["kernel"], in_idx, -2), out_idx, -1)
+            values["kernel"] = scaled_kernel(_take(_take(w["kernel"], in_idx, -2), out_idx, -1),
+                                             scale)
         delta = bias_delta.get(call.index)
         use_bias = bname in w or delta is not None
         if use_bias:
-            bias = w[bname].astype(np.float64) if bname in w else np.zeros(len(out_mask))
+            bias = w[bname].astype(np.float64) if bname in w else np.zeros(
+                w[kname].shape[-1])
             if delta is not None:
                 bias = bias + delta
             values[bname] = _take(bias, out_idx, 0).astype(values.get("kernel", values.get(
                 "pointwise_kernel")).dtype)
         key = "units" if type(layer) is L.Dense else "filters"
-        return {key: int(out_mask.sum()), "use_bias": bool(use_bias)}, values
+        return {key: int(values[kname].shape[-1]), "use_bias": bool(use_bias)}, values
     if kind == K.DEPTHWISE:
         in_idx = _index(keep[call.inputs[0]])
         out_idx = _index(keep[call.outputs[0]])
-        values = {"depthwise_kernel": _take(w["depthwise_kernel"], in_idx, -2)}
+        scale = w.get(OUT_SCALE)
+        values = {"depthwise_kernel": scaled_kernel(
+            _take(w["depthwise_kernel"], in_idx, -2),
+            _take(scale, out_idx, 0) if scale is not None else None, depthwise=True)}
         if "bias" in w:
             values["bias"] = _take(w["bias"], out_idx, 0)
         return {"use_bias": "bias" in w}, values
     if kind == K.CHANNELWISE and w:
         idx = _index(keep[call.inputs[0]])
         return {}, {name: _take(a, idx, -1) for name, a in w.items()}
-    return {}, dict(w)
+    return {}, {k: v for k, v in w.items() if k != OUT_SCALE}
 
 
 class _Given:
