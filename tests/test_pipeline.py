@@ -114,3 +114,19 @@ def test_pruned_keras_models_match_sparse(run, mnist_tiny):
                                          compile=False, safe_mode=False)
         a, b = sparse.predict(x[:64], verbose=0), pruned.predict(x[:64], verbose=0)
         assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max())
+
+
+def test_edge_switcher_serves_the_exported_portfolio(run, mnist_tiny):
+    """The device side reads the host's portfolio: raw pixels in, the manifest's accuracy out."""
+    from edge_runtime import EdgeSwitcher
+
+    sw = EdgeSwitcher.from_portfolio(run / "portfolio", preload="all")
+    m = load_manifest(run / "portfolio")
+    x_raw, y = mnist_tiny.split("test")
+    for vid in ("L02-pruned-fp32", "L00-dense-int8"):
+        sw.switch_to(vid)
+        scores, served = sw.predict(x_raw[:300], return_variant=True)
+        assert served == vid
+        acc = float(np.mean(np.argmax(scores, -1) == y[:300]))
+        expected = next(v.accuracy for v in m.variants if v.id == vid)
+        assert acc == pytest.approx(expected, abs=1e-9)   # eval_limit is 300 in the tiny config
