@@ -68,12 +68,16 @@ def fold_batchnorm_calls(ir: ModelIR, kinds: list, weights: dict) -> dict:
     return folded
 
 
-def scaled_kernel(kernel: np.ndarray, scale, depthwise: bool = False) -> np.ndarray:
+def scaled_kernel(kernel: np.ndarray, scale, depthwise: bool = False,
+                  inplace: bool = False) -> np.ndarray:
     """kernel * scale over the output axis; for depthwise kernels (..., C, m) output c*m+j.
-    `scale` is already sliced like the kernel's outputs."""
+    `scale` is already sliced like the kernel's outputs; `inplace` when `kernel` is our copy."""
     if scale is None:
         return kernel
     scale = np.asarray(scale, dtype=kernel.dtype)
     if depthwise:
-        return kernel * scale.reshape(kernel.shape[-2], kernel.shape[-1])
+        scale = scale.reshape(kernel.shape[-2], kernel.shape[-1])
+    if inplace:
+        kernel *= scale
+        return kernel
     return kernel * scale

@@ -30,6 +30,15 @@ def _take(a: np.ndarray, idx, axis: int) -> np.ndarray:
     return a if isinstance(idx, slice) else np.take(a, idx, axis=axis)
 
 
+def _take2(a: np.ndarray, rows, cols) -> np.ndarray:
+    """a[..., rows, cols] with one copy (rows/cols are index arrays or slice(None))."""
+    if isinstance(rows, slice):
+        return _take(a, cols, -1)
+    if isinstance(cols, slice):
+        return _take(a, rows, -2)
+    return a[..., rows[:, None], cols]
+
+
 def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict):
     """(config changes, {weight name: array}) of the rebuilt layer for one call."""
     layer = call.layer
@@ -51,8 +60,9 @@ def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict)
                 pw = np.take(pw, rows, axis=-2)
             values["pointwise_kernel"] = scaled_kernel(_take(pw, out_idx, -1), scale)
         else:
-            values["kernel"] = scaled_kernel(_take(_take(w["kernel"], in_idx, -2), out_idx, -1),
-                                             scale)
+            kernel = w["kernel"]
+            sliced = _take2(kernel, in_idx, out_idx)
+            values["kernel"] = scaled_kernel(sliced, scale, inplace=sliced is not kernel)
         delta = bias_delta.get(call.index)
         use_bias = bname in w or delta is not None
         if use_bias:
