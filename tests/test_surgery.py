@@ -424,3 +424,60 @@ def test_report_is_json_and_per_layer():
     k = model.get_layer("block1_conv2").get_weights()[0]
     assert all(not k[..., i].any() for i in row.removed_channels["zero_filter"])
     assert "block1_conv2" in rep.summary()
+
+
+def test_separable_conv1d_and_shared_layers():
+    rng = np.random.default_rng(13)
+    inp = keras.Input((10, 10, 3))
+    x = L.Conv2D(6, 1, name="c")(inp)
+    x = L.SeparableConv2D(8, 3, padding="valid", depth_multiplier=2, name="sep")(x)
+    x = L.BatchNormalization(name="sep_bn")(x)
+    x = L.ReLU()(x)
+    shared = L.Conv2D(5, 1, name="shared")
+    a = shared(x)
+    b = shared(L.MaxPooling2D(1)(x))
+    x = L.Add()([a, b])
+    x = L.Reshape((8 * 8, 5))(x)
+    x = L.Conv1D(4, 3, name="c1d")(x)
+    x = L.Dense(3, name="d3")(x)  # Dense on a 3-D tensor reads the last axis
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.Flatten()(x)))
+    randomize_bn(model, rng)
+    sep = model.get_layer("sep")
+    dw, pw, bias = sep.get_weights()
+    pw[..., [0, 5]] = 0  # two dead separable filters
+    dw[..., 2, :] = 0    # input channel 2 of the separable conv is never read
+    sep.set_weights([dw, pw, bias])
+    k, kb = model.get_layer("shared").get_weights()
+    k[..., 3, :] = 0     # channel 3 unread by the shared conv in both calls
+    model.get_layer("shared").set_weights([k, kb])
+    x = rng.normal(size=(3, 10, 10, 3)).astype("float32")
+    new, rep = prune_structured(model, x)
+    assert new.get_layer("c").filters == 5
+    assert new.get_layer("sep").filters < 8
+    assert new.get_layer("shared").input_shape[-1] == new.get_layer("sep").filters
+    assert "reshape" in " ".join(rep.frozen_layers)
+    assert new.get_layer("shared").filters == 5  # feeds Reshape: frozen
+    assert_close(model, new, x)
+    assert_consistent(model, new, rep)
+
+
+def test_nested_model_called_twice_is_pruned_consistently():
+    rng = np.random.default_rng(14)
+    sub_in = keras.Input((6, 6, 4))
+    y = L.Conv2D(6, 3, padding="same", name="inner")(sub_in)
+    sub = keras.Model(sub_in, L.ReLU(name="inner_relu")(y), name="sub")
+    inp = keras.Input((6, 6, 4))
+    a, b = sub(inp), sub(L.Activation("tanh")(inp))
+    x = L.Concatenate()([a, b])
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(x)))
+    k, kb = sub.get_layer("inner").get_weights()
+    k[..., [1, 2]] = 0
+    kb[[1, 2]] = [-1.0, 0.5]  # constants 0 and 0.5: both fold exactly into the Dense
+    sub.get_layer("inner").set_weights([k, kb])
+    x = rng.normal(size=(3, 6, 6, 4)).astype("float32")
+    new, rep = prune_structured(model, x)
+    assert new.get_layer("inner").filters == 4
+    # the non-zero constant (0.5) of each call is folded; the zero one needs nothing
+    assert rep.layer("fc").folded_constants == 2 and rep.layer("fc").fold_exact
+    assert rep.inlined_models == ["sub", "sub"]
+    assert_close(model, new, x)
