@@ -481,3 +481,43 @@ def test_nested_model_called_twice_is_pruned_consistently():
     assert rep.layer("fc").folded_constants == 2 and rep.layer("fc").fold_exact
     assert rep.inlined_models == ["sub", "sub"]
     assert_close(model, new, x)
+
+
+class _Scale(L.Layer):
+    """A custom layer the rewriter cannot know."""
+
+    def call(self, x):
+        return x * 0.5
+
+
+class _Sub(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = L.Conv2D(4, 1)
+
+    def call(self, x):
+        return self.conv(x)
+
+
+def test_custom_layers_and_subclassed_models_are_reported_not_rewritten():
+    rng = np.random.default_rng(15)
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(5, 1, name="a")(inp)
+    x = _Scale(name="custom")(x)
+    x = L.Conv2D(6, 1, name="b")(x)
+    x = _Sub()(x)
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.Flatten()(x)))
+    for name in ("a", "b"):
+        k, b = model.get_layer(name).get_weights()
+        k[..., 0] = 0
+        model.get_layer(name).set_weights([k, b])
+    x = rng.normal(size=(2, 6, 6, 3)).astype("float32")
+    new, rep = prune_structured(model, x)
+    assert set(rep.unsupported) == {"custom", model.layers[4].name}
+    assert new.get_layer("a").filters == 5 and new.get_layer("b").filters == 6  # frozen around
+    assert_close(model, new, x)
+
+    sub = _Sub()
+    sub(x)
+    same, rep2 = prune_structured(sub)
+    assert same is sub and rep2.unsupported == [sub.name]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -77,12 +78,13 @@ def bench_one(name: str, sparsity: float, l1: float | None, runs: int, seed: int
         zero_l1_filters(model, l1)
     total, nonzero, macs = count_params_and_macs(model)
     prune_structured(model)  # warm-up: first use of every TF op
-    rewrite, wall = [], []
+    rewrite, wall, cpu = [], [], []
     for _ in range(runs):
         start = time.perf_counter()
         pruned, rep = prune_structured(model)
         wall.append((time.perf_counter() - start) * 1e3)
         rewrite.append(rep.rewrite_ms)
+        cpu.append(rep.timings_ms["cpu"])
     x = np.random.default_rng(seed).normal(size=(8,) + shape).astype("float32")
     _, checked = prune_structured(model, x, force=True)
     v = checked.verification
@@ -92,6 +94,7 @@ def bench_one(name: str, sparsity: float, l1: float | None, runs: int, seed: int
         "dead_filters_from_magnitude": round(dead_magnitude, 4),
         "rewrite_ms_median": round(statistics.median(rewrite), 1),
         "rewrite_ms_runs": [round(t, 1) for t in rewrite],
+        "rewrite_cpu_ms_median": round(statistics.median(cpu), 1),
         "call_ms_median": round(statistics.median(wall), 1),
         "timings_ms_last": rep.timings_ms,
         "params_before": total, "params_nonzero_before": nonzero,
@@ -115,7 +118,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     rows = []
+    load_before = os.getloadavg()
     print(f"{'model':9s} {'sparsity':>8s} {'filters':>19s} {'dead':>6s} {'rewrite ms':>10s} "
+          f"{'cpu ms':>7s} "
           f"{'params before -> after':>26s} {'MACs before -> after':>30s} {'max|dl|':>8s}")
     for name in args.models:
         for s in args.sparsities:
@@ -126,6 +131,7 @@ def main(argv=None) -> int:
             for r in new:
                 print(f"{r['model']:9s} {r['sparsity']:8.3f} {r['filters']:>19s} "
                       f"{r['dead_filters_from_magnitude']:6.1%} {r['rewrite_ms_median']:10.1f} "
+                      f"{r['rewrite_cpu_ms_median']:7.1f} "
                       f"{r['params_before']:>12,d} -> {r['params_after']:>10,d} "
                       f"{r['macs_before']:>14,d} -> {r['macs_after']:>12,d} "
                       f"{r['max_abs_dlogit']:8.1e}")
@@ -134,14 +140,18 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"tool": "tools/bench_surgery.py", "runs": args.runs, "seed": args.seed,
             "tensorflow": tf.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "cpus": __import__("os").cpu_count(),
+            "machine": platform.machine(), "cpus": os.cpu_count(),
+            "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
+            "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
+            "note": "the machine is shared with other jobs; compare medians with the load",
             "sparsity": "global magnitude over all Conv/Dense kernels of a Kaiming-initialised "
                         "model; BN at its initial statistics",
             "l1_rows": "when magnitude pruning leaves < min_dead of conv filters all-zero, the "
                        "lowest-L1 fraction sparsity/2 of filters of every conv layer is also "
                        "zeroed, to emulate the dead filters IMP training produces",
             "rewrite_ms": "prune_structured's own timer: trace + BN fold + graph + analysis + "
-                          "rebuild, no verification; call_ms adds the report's param/MAC counts"}
+                          "rebuild, no verification; call_ms adds the report's param/MAC counts; "
+                          "rewrite_cpu_ms is the process CPU time of the rewrite (all threads)"}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {out}")
     return 0

@@ -62,7 +62,7 @@ class SurgeryReport:
     channels_before: int = 0      # output channels of all Conv/Dense/Depthwise layers
     channels_after: int = 0
     rewrite_ms: float = 0.0       # trace + fold + analysis + rebuild, without verification
-    timings_ms: dict = field(default_factory=dict)
+    timings_ms: dict = field(default_factory=dict)   # per stage; "cpu": process CPU time
     inexact_policy: str = "keep"
     exact: bool = True            # every folded constant is exact (no border approximation)
     inexact_layers: list = field(default_factory=list)
