@@ -322,15 +322,23 @@ def analyse(graph: DependencyGraph, weights: dict, policy: str = "keep") -> Plan
         return _analyse(graph, weights, policy)
 
 
+_BLAS = []
+
+
 def _single_blas_thread():
     """The matrix-vector products here are small; on a busy machine OpenBLAS threads spinning
-    for a core cost 10-50x more than they save."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional
+    for a core cost 10-50x more than they save. (threadpoolctl is optional; the controller is
+    made once because scanning the loaded libraries takes milliseconds.)"""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _BLAS.append(ThreadpoolController())
+        except Exception:  # not installed or no BLAS found
+            _BLAS.append(None)
+    if _BLAS[0] is None:
         import contextlib
         return contextlib.nullcontext()
-    return threadpool_limits(1, "blas")
+    return _BLAS[0].limit(limits=1, user_api="blas")
 
 
 def _analyse(graph: DependencyGraph, weights: dict, policy: str) -> Plan:
