@@ -27,10 +27,43 @@ L = keras.layers
 POLICIES = ("keep", "fold")
 
 
+class ReadPattern:
+    """Which filter o reads (has a non-zero weight on) which input channel i.
+
+    Dense float32 matrix-vector products when many pairs are non-zero, index pairs when few:
+    at 99 % sparsity the pairs are ~100x cheaper than scanning the (in x out) matrix."""
+
+    SPARSE_BELOW = 0.1  # fraction of non-zero (i, o) pairs under which pairs are used
+
+    def __init__(self, nz: np.ndarray):
+        self.shape = nz.shape
+        if np.count_nonzero(nz) < self.SPARSE_BELOW * nz.size:
+            self.rows, self.cols = np.divmod(np.flatnonzero(nz), nz.shape[1])  # 10x np.nonzero
+            self.dense = None
+        else:
+            self.dense = nz.astype(np.float32)
+
+    def inputs_read_by(self, outputs: np.ndarray) -> np.ndarray:
+        """bool (in,): input channels read by at least one of the selected filters."""
+        if self.dense is not None:
+            return (self.dense @ outputs.astype(np.float32)) > 0
+        read = np.zeros(self.shape[0], bool)
+        read[self.rows[outputs[self.cols]]] = True
+        return read
+
+    def outputs_reading(self, inputs: np.ndarray) -> np.ndarray:
+        """bool (out,): filters reading at least one of the selected input channels."""
+        if self.dense is not None:
+            return (inputs.astype(np.float32) @ self.dense) > 0
+        hit = np.zeros(self.shape[1], bool)
+        hit[self.cols[inputs[self.rows]]] = True
+        return hit
+
+
 @dataclass
 class Reader:
     """A producer layer seen as a reader of its input channels."""
-    nz: np.ndarray            # (in, out) float32, 1 where filter o has a non-zero weight on input i
+    pattern: ReadPattern      # which filter reads which input
     bias: np.ndarray          # (out,) float64 (zeros when the layer has none)
     filter_zero: np.ndarray   # (out,) bool, the filter is all zero
     act: object
@@ -81,7 +114,7 @@ def make_reader(layer, w: dict) -> Reader:
     _, bname = kernel_names(layer)
     out = nz.shape[1]
     bias = w[bname].astype(np.float64) if bname in w else np.zeros(out)
-    return Reader(nz.astype(np.float32), bias, ~nz.any(0), layer.activation, w, layer)
+    return Reader(ReadPattern(nz), bias, ~nz.any(0), layer.activation, w, layer)
 
 
 @dataclass
@@ -141,7 +174,7 @@ def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, po
             known = ~np.isnan(cin)
             inexact_in = known & (cin != 0) & (not exact_pad)
             unknown = ~known if fold_all else (~known | inexact_in)
-            live = (unknown.astype(np.float32) @ r.nz) > 0
+            live = r.pattern.outputs_reading(unknown)
             cand = ~live
             if not cand.any():
                 continue
@@ -153,7 +186,7 @@ def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, po
             const[out_t] = c
             apx_in = inexact_in if ain is None else (ain | inexact_in)
             if fold_all and apx_in.any():
-                approx[out_t] = cand & ((apx_in.astype(np.float32) @ r.nz) > 0)
+                approx[out_t] = cand & r.pattern.outputs_reading(apx_in)
         elif kind == K.DEPTHWISE:
             w = weights[id(layer)]
             dsum, fz = _dw_sum_and_zero(w)
@@ -257,9 +290,10 @@ class _Sink:
     call: int
     in_groups: np.ndarray
     out_groups: np.ndarray
-    nz: np.ndarray             # (in, out) float32 read pattern
+    pattern: ReadPattern
     bad: np.ndarray            # input positions that must not be read if removed
     inexact: np.ndarray        # bad positions that are constant but not exactly foldable
+    blocked: np.ndarray | None = None   # groups it blocked in the last pass
 
 
 def _sinks(graph: DependencyGraph, readers: dict, const: list, approx: list, policy: str):
@@ -273,8 +307,8 @@ def _sinks(graph: DependencyGraph, readers: dict, const: list, approx: list, pol
         c = const[t_in]
         shared = len(ir.calls_of(call.layer)) > 1  # one bias cannot fold two different inputs
         if c is None or shared:
-            ok = np.zeros(len(r.nz), bool)
-            inexact = np.zeros(len(r.nz), bool)
+            ok = np.zeros(r.pattern.shape[0], bool)
+            inexact = np.zeros(r.pattern.shape[0], bool)
         else:
             known = ~np.isnan(c)
             exact_pad = K.padding_exact(call.layer, ir.tensors[t_in].shape, ir.tensors[t_out].shape)
@@ -283,32 +317,45 @@ def _sinks(graph: DependencyGraph, readers: dict, const: list, approx: list, pol
             ok = exact | (known if policy == "fold" else False)
             inexact = known & ~exact & ~ok
         sinks.append(_Sink(call.index, graph.tensor_groups[t_in], graph.tensor_groups[t_out],
-                           r.nz, ~ok, inexact))
+                           r.pattern, ~ok, inexact))
     return sinks
 
 
-def _blocked(sinks: list, removed: np.ndarray, n_groups: int, rows: str = "all"):
+def _blocked(sinks: list, removed: np.ndarray, n_groups: int, rows: str = "all",
+             changed: np.ndarray | None = None):
     """Groups read (by a filter that stays) at a position that cannot be folded.
-    rows='inexact' / 'other' restricts to constant-but-inexact positions / to the rest."""
+
+    rows='inexact' / 'other' restricts to constant-but-inexact positions / to the rest. With
+    `changed` (groups whose removal flipped since the last call), sinks whose outputs did not
+    change reuse their previous answer."""
     blocked = np.zeros(n_groups, bool)
     for s in sinks:
-        kept_out = ~removed[s.out_groups]
-        read = (s.nz @ kept_out.astype(np.float32)) > 0
+        if changed is not None and s.blocked is not None and not changed[s.out_groups].any():
+            blocked[s.blocked] = True
+            continue
+        read = s.pattern.inputs_read_by(~removed[s.out_groups])
         if rows == "inexact":
             read &= s.inexact
         elif rows == "other":
             read &= s.bad & ~s.inexact
         else:
             read &= s.bad
-        blocked[s.in_groups[read]] = True
+        groups = s.in_groups[read]
+        if rows == "all":
+            s.blocked = groups
+        blocked[groups] = True
     return blocked
 
 
-def _fixpoint(graph: DependencyGraph, sinks: list, frozen: np.ndarray, max_passes: int = 200):
+def _fixpoint(graph: DependencyGraph, sinks: list, frozen: np.ndarray, max_passes: int = 500):
     removed = np.zeros(graph.n_groups, bool)
+    changed = None
+    for s in sinks:
+        s.blocked = None
     for passes in range(1, max_passes + 1):
-        new = ~_blocked(sinks, removed, graph.n_groups) & ~frozen
-        if np.array_equal(new, removed):
+        new = ~_blocked(sinks, removed, graph.n_groups, changed=changed) & ~frozen
+        changed = new != removed
+        if not changed.any():
             return removed, passes
         removed = new
     return removed, max_passes
@@ -381,8 +428,7 @@ def _analyse(graph: DependencyGraph, weights: dict, policy: str) -> Plan:
         if not gone.any():
             continue
         r = readers[s.call]
-        kept_out = ~removed[s.out_groups]
-        read = gone & ((r.nz @ kept_out.astype(np.float32)) > 0)
+        read = gone & r.pattern.inputs_read_by(~removed[s.out_groups])
         if not read.any():
             continue
         bias_delta[s.call] = r.fold(np.where(gone, c, 0.0))
