@@ -7,12 +7,12 @@
    constant positions whose effect can be folded into the reader's bias. Reads are recomputed
    until no more groups die (a removed filter may leave its inputs unread).
 
-Everything is vectorised per layer: boolean (in x out) "does filter o read input i" matrices and
-matrix-vector products, no Python loop over channels.
+Everything is vectorised per layer ("does filter o read input i" as a dense matrix or as index
+pairs when sparse); there is no Python loop over channels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -130,7 +130,6 @@ class Plan:
     forced: list                        # groups kept so that no tensor loses every channel
     readers: dict                       # producer call index -> Reader
     passes: int = 0
-    notes: list = field(default_factory=list)
 
 
 def _dw_sum_and_zero(w: dict):

@@ -5,7 +5,6 @@ import contextlib
 import gc
 import time
 
-import numpy as np
 
 import shifter_tf  # noqa: F401
 import tf_keras as keras

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-import shifter_tf  # noqa: F401
-import tf_keras as keras  # noqa: F401
-
 
 def short_name(variable) -> str:
     """'block1/conv/kernel:0' -> 'kernel'."""
