@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
 def cmd_pai(args) -> int:
     from shifter_tf import pai
     cfg = _config(args)
-    print(pai.run_pai(cfg, Path(args.out)))
+    print(pai.run_pai(cfg, Path(args.out), overwrite=args.overwrite))
     return 0
 
 
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "prune":
             s.add_argument("--force", action="store_true",
                            help="keep a pruned model even if it disagrees with the sparse one")
+        if name == "pai":
+            s.add_argument("--overwrite", action="store_true",
+                           help="replace an earlier pai result in --out")
         if name == "tune":
             s.add_argument("--trials", type=int, default=None, help="override max trials")
     return p

@@ -96,6 +96,28 @@ class ExportConfig:
 
 
 @dataclass
+class PaiConfig:
+    """Structured pruning at initialisation (Reconvene): score, convert, train once."""
+    method: str = "synflow"        # magnitude | random | snip | synflow
+    density: float = 0.05          # fraction of prunable weights kept, globally
+    structured: bool = True        # Reconvene conversion; false = plain unstructured PaI
+    sensitivity: str = "mass"      # mass (score per kept weight) | loss (data batch)
+    budget: float = 0.5            # at most this fraction of the conv layers is converted
+    max_sensitivity: Optional[float] = None   # ... and only layers at or below this
+    rectify: bool = True           # repair masks around dead channels, re-init those layers
+    rounds: int = 100              # SynFlow iterations (exponential density schedule)
+    samples: int = 256             # SNIP / loss-sensitivity batch, from the training split
+    exclude_classifier: bool = False
+    exclude_layers: list[str] = field(default_factory=list)
+    baseline: bool = False         # also train plain unstructured PaI at the same density
+    export: bool = True            # TFLite portfolio of the result (cfg.export settings)
+
+
+PAI_METHODS = ("magnitude", "random", "snip", "synflow")
+PAI_SENSITIVITIES = ("mass", "loss")
+
+
+@dataclass
 class Config:
     """One experiment: data -> model -> training -> lottery -> surgery -> export."""
     name: str = "experiment"
@@ -107,6 +129,7 @@ class Config:
     lottery: LotteryConfig = field(default_factory=LotteryConfig)
     surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    pai: PaiConfig = field(default_factory=PaiConfig)
     tune: dict[str, Any] = field(default_factory=dict)   # keras-tuner search space (shifter_tf.tune)
 
     def to_dict(self) -> dict:
@@ -240,3 +263,24 @@ def _validate(cfg: Config, source: str) -> None:
     for k in cfg.export.kinds:
         if k not in ("dense", "sparse", "pruned"):
             bad("export.kinds", f"unknown kind {k!r} (dense, sparse, pruned)")
+    validate_pai(cfg.pai, source)
+
+
+def validate_pai(s: PaiConfig, source: str) -> None:
+    """Raise ConfigError naming `pai.<key>` for a value that cannot be used."""
+    def bad(key: str, msg: str):
+        raise ConfigError(f"{source}: pai.{key}: {msg}")
+
+    if s.method not in PAI_METHODS:
+        bad("method", f"unknown method {s.method!r} ({', '.join(PAI_METHODS)})")
+    if not 0.0 < s.density <= 1.0:
+        bad("density", f"must be in (0, 1], got {s.density}")
+    if s.sensitivity not in PAI_SENSITIVITIES:
+        bad("sensitivity", f"unknown sensitivity {s.sensitivity!r} "
+                           f"({', '.join(PAI_SENSITIVITIES)})")
+    if not 0.0 <= s.budget <= 1.0:
+        bad("budget", f"must be in [0, 1] (a fraction of the conv layers), got {s.budget}")
+    if s.rounds < 1:
+        bad("rounds", f"must be >= 1, got {s.rounds}")
+    if s.samples < 1:
+        bad("samples", f"must be >= 1, got {s.samples}")
