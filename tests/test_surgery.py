@@ -521,3 +521,27 @@ def test_custom_layers_and_subclassed_models_are_reported_not_rewritten():
     sub(x)
     same, rep2 = prune_structured(sub)
     assert same is sub and rep2.unsupported == [sub.name]
+
+
+def test_pruned_model_saves_reloads_and_converts_to_tflite(tmp_path):
+    """The shape-only layer connection must leave an ordinary Keras model behind."""
+    import tensorflow as tf
+    rng = np.random.default_rng(16)
+    model = _small_cnn()
+    randomize_bn(model, rng)
+    zero_random(model, rng, filters=0.4, slices=0.0)
+    x = rng.normal(size=(2, 12, 12, 3)).astype("float32")
+    new, rep = prune_structured(model, x)
+    assert rep.channels_after < rep.channels_before
+    new.save(tmp_path / "p.keras")
+    again = keras.models.load_model(tmp_path / "p.keras")
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(new(x)), atol=1e-6)
+    interpreter = tf.lite.Interpreter(
+        model_content=tf.lite.TFLiteConverter.from_keras_model(new).convert())
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    assert_close(lambda v, training: model(v, training=training),
+                 lambda v, training: interpreter.get_tensor(out["index"]), x)
