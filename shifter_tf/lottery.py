@@ -125,11 +125,16 @@ class _FixedMask(sparsity.PruningSchedule):
 
 
 def _schedule(cfg: Config, start: float, end: float, steps: int) -> sparsity.PruningSchedule:
+    """tfmot's PolynomialDecay from `start` to `end` over the first `ramp_fraction` of the level.
+
+    tfmot reaches `final_sparsity` only on a step that is a multiple of `frequency`, so the ramp
+    length is rounded to one; a level too short to ramp is finished by `_finish`.
+    """
     if cfg.lottery.schedule == "oneshot" or end <= start:
         return _FixedMask(end)
     freq = max(1, min(cfg.lottery.ramp_frequency, steps // 4))
-    ramp = max(freq, int(np.ceil(cfg.lottery.ramp_fraction * steps / freq)) * freq)
-    ramp = min(ramp, (steps - 1) // freq * freq) if steps > freq else freq
+    ramp = int(np.ceil(cfg.lottery.ramp_fraction * steps / freq)) * freq
+    ramp = max(freq, min(ramp, (steps - 1) // freq * freq))
     return sparsity.PolynomialDecay(initial_sparsity=start, final_sparsity=end,
                                     begin_step=0, end_step=ramp, frequency=freq)
 
@@ -208,6 +213,17 @@ def rewind_step(cfg: Config, data: Dataset) -> int:
     return 0
 
 
+def _finish(mask: np.ndarray, magnitude: np.ndarray, keep: int) -> np.ndarray:
+    """Keep at most `keep` weights of `mask`, the largest: where a level had too few steps for
+    tfmot's ramp to reach its final sparsity, finish the ramp as its last update would have."""
+    if mask.sum() <= keep:
+        return mask
+    score = np.where(mask, magnitude, -1.0).ravel()
+    out = np.zeros(score.size, bool)
+    out[np.argpartition(-score, keep - 1)[:keep]] = True
+    return out.reshape(mask.shape)
+
+
 def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
                   rewind: dict, prev_model: keras.Model, prev_masks: M.Masks, steps: int
                   ) -> tuple[keras.Model, M.Masks, float]:
@@ -264,7 +280,7 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
             weight, mask, _ = w.pruning_vars[0]
             m = mask.numpy().astype(bool)
             resurrected += int((m & ~prev_masks[name]).sum())
-            m &= prev_masks[name]
+            m = _finish(m & prev_masks[name], np.abs(weight.numpy()), int(new_masks[name].sum()))
             mask.assign(m.astype(np.float32))
             weight.assign(weight * mask)
         masks = {n: w.pruning_vars[0][1].numpy().astype(bool)
