@@ -1,0 +1,503 @@
+"""Hyper-parameter search over the IMP training recipe with keras-tuner.
+
+DNNShifter's accuracy at high sparsity depends on the recipe (learning rate, weight decay, rewind
+point, epochs per level, prune fraction). A trial copies the base config, applies the trial's
+values, runs a short IMP (`run_lottery`) down to `tune.target_density` and reports the validation
+accuracy of the sparse model there (the objective, maximised) and of the dense level 0.
+
+Search space, in the config's `tune:` section (see configs/mnist5k_vgg_tune.yaml):
+
+    tune:
+      algorithm: random        # random | bayesian | hyperband
+      max_trials: 6            # `shifter-tf tune --trials N` overrides
+      target_density: 0.13     # objective level: the first whose density is <= this
+                               # (default: the base config's deepest level)
+      num_initial_points: 3    # bayesian only: random trials before the Gaussian process
+      hyperband_factor: 3      # hyperband only
+      space:                   # dotted key of a scalar `train.*` / `lottery.*` field: a range ...
+        train.lr: {min: 0.01, max: 0.2, sampling: log}     # sampling: linear | log | reverse_log
+        train.epochs: {min: 2, max: 6, step: 1}            # int field -> integer range
+        lottery.rewind_epochs: {values: [0, 0.25, 0.5]}    # ... or a list of values
+
+Rules (each broken one is a ConfigError naming the source and `tune.space.<key>`):
+- `lottery.levels` is not tunable: a trial sets it to the fewest levels that reach
+  `target_density` with its prune fraction (and sets `lottery.target_density`).
+- Setting `lottery.rewind_epochs` clears `lottery.rewind_iterations` and vice versa (they are
+  mutually exclusive); both may not be in the space; the largest rewind_epochs must fit in the
+  smallest epochs per level.
+- When a trial changes `train.epochs`, `train.milestones` are scaled by new/base epochs so the
+  learning-rate schedule keeps its shape.
+- hyperband: epochs per level are the resource; keras-tuner picks budgets up to the max of
+  `space.train.epochs` (a {min, max} range, min acts as a floor) or the base `train.epochs`.
+  A promoted trial is retrained from scratch (IMP has no cheap continuation); brackets repeat
+  until max_trials.
+
+Output folder:
+    DIR/best.yaml            the best trial's recipe on the base config, `lottery.levels` set to
+                             reach the base config's own deepest density; `shifter-tf train`
+                             reads it as is
+    DIR/trials.csv|md|json   one row per trial: values, objective, dense accuracy, status
+    DIR/trials/<id>/         each trial's IMP run folder (run_lottery layout)
+    DIR/keras_tuner/         keras-tuner's project (overwrite=False): a rerun resumes the search,
+                             an interrupted trial is retried and resumes at its last level
+    DIR/search.yaml          the config the search started with; a rerun must match it
+
+keras-tuner 1.4 rejects tf_keras models from a `build()` when Keras 3 is installed, so `IMPTuner`
+overrides `run_trial` and returns the metrics dict instead of building a model.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+import shifter_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from shifter_tf.config import (Config, ConfigError, LotteryConfig, TrainConfig, from_dict,
+                               load_config, save_config)
+from shifter_tf.io import atomic_write_json, atomic_write_text
+
+ALGORITHMS = ("random", "bayesian", "hyperband")
+TUNE_KEYS = ("algorithm", "max_trials", "target_density", "num_initial_points",
+             "hyperband_factor", "space")
+SPEC_KEYS = ("min", "max", "step", "sampling", "values")
+SAMPLINGS = ("linear", "log", "reverse_log")
+SECTIONS = {"train": TrainConfig, "lottery": LotteryConfig}
+NOT_TUNABLE = {"lottery.levels": "set per trial from tune.target_density and the prune fraction",
+               "lottery.target_density": "use tune.target_density",
+               "train.verbose": "not a recipe setting"}
+OBJECTIVE = "sparse_val_accuracy"
+METRICS = (OBJECTIVE, "dense_val_accuracy", "sparse_test_accuracy", "dense_test_accuracy",
+           "density", "levels", "train_seconds")
+
+
+@dataclass
+class Param:
+    """One dimension of the space: a config key and either a [min, max] range or values."""
+    key: str
+    type: type                       # int | float | str | bool: the config field's type
+    values: Optional[list] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+    step: Optional[float] = None
+    sampling: str = "linear"
+
+    def bounds(self) -> tuple[Any, Any]:
+        """Smallest and largest value this dimension can take."""
+        return (min(self.values), max(self.values)) if self.values is not None else \
+            (self.min, self.max)
+
+
+@dataclass
+class TuneSpec:
+    """The validated `tune:` section."""
+    algorithm: str
+    max_trials: int
+    target_density: float
+    space: dict[str, Param] = field(default_factory=dict)
+    num_initial_points: Optional[int] = None
+    hyperband_factor: int = 3
+
+    def epoch_range(self, base: Config) -> tuple[int, int]:
+        """Smallest and largest epochs per level a trial can get."""
+        if "train.epochs" in self.space:
+            lo, hi = self.space["train.epochs"].bounds()
+            return int(lo), int(hi)
+        if self.algorithm == "hyperband":
+            return 1, base.train.epochs
+        return base.train.epochs, base.train.epochs
+
+
+# ---------------------------------------------------------------- parsing and validation
+def _field_type(key: str) -> Optional[type]:
+    """The scalar type of config field `section.name`, or None if there is no such field."""
+    section, _, name = key.partition(".")
+    cls = SECTIONS.get(section)
+    if cls is None or not name or "." in name:
+        return None
+    tp = typing.get_type_hints(cls).get(name)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args:           # Optional[X]
+        tp = args[0] if len(args) == 1 else None
+    return tp if tp in (int, float, str, bool) else None
+
+
+def _number(v: Any, tp: type, where: str) -> Any:
+    if tp is float and isinstance(v, str):
+        try:           # YAML 1.1 reads "1e-4" as a string
+            v = float(v)
+        except ValueError:
+            pass
+    if tp is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if type(v) is not tp:
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(v).__name__} {v!r}")
+    return v
+
+
+def _parse_param(key: str, spec: Any, where: str) -> Param:
+    if key in NOT_TUNABLE:
+        raise ConfigError(f"{where}: not tunable ({NOT_TUNABLE[key]})")
+    tp = _field_type(key)
+    if tp is None:
+        tunable = sorted(f"{s}.{n}" for s, c in SECTIONS.items()
+                         for n in typing.get_type_hints(c)
+                         if _field_type(f"{s}.{n}") and f"{s}.{n}" not in NOT_TUNABLE)
+        raise ConfigError(f"{where}: unknown key (tunable: {', '.join(tunable)})")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping {{min, max}} or {{values: [...]}}, "
+                          f"got {spec!r}")
+    for k in spec:
+        if k not in SPEC_KEYS:
+            raise ConfigError(f"{where}.{k}: unknown key (known: {', '.join(SPEC_KEYS)})")
+    if "values" in spec:
+        extra = sorted(set(spec) - {"values"})
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}: give either values or min/max, not both")
+        vals = spec["values"]
+        if not isinstance(vals, list):
+            raise ConfigError(f"{where}.values: expected a list, got {vals!r}")
+        if not vals:
+            raise ConfigError(f"{where}.values: empty range (no values)")
+        vals = [_number(v, tp, f"{where}.values[{i}]") for i, v in enumerate(vals)]
+        return Param(key, tp, values=list(dict.fromkeys(vals)))
+    if tp not in (int, float):
+        raise ConfigError(f"{where}: a {tp.__name__} field takes {{values: [...]}}")
+    for k in ("min", "max"):
+        if k not in spec:
+            raise ConfigError(f"{where}.{k}: missing (a range needs min and max, "
+                              "or give values: [...])")
+    lo, hi = _number(spec["min"], tp, f"{where}.min"), _number(spec["max"], tp, f"{where}.max")
+    if lo > hi:
+        raise ConfigError(f"{where}: empty range (min {lo} > max {hi})")
+    step = None if spec.get("step") is None else _number(spec["step"], tp, f"{where}.step")
+    if step is not None and step <= 0:
+        raise ConfigError(f"{where}.step: must be > 0, got {step}")
+    sampling = spec.get("sampling", "linear")
+    if sampling not in SAMPLINGS:
+        raise ConfigError(f"{where}.sampling: must be one of {', '.join(SAMPLINGS)}, "
+                          f"got {sampling!r}")
+    if sampling != "linear" and lo <= 0:
+        raise ConfigError(f"{where}.sampling: {sampling} sampling needs min > 0, got {lo}")
+    if sampling != "linear" and step is not None:
+        raise ConfigError(f"{where}.step: not with {sampling} sampling")
+    if lo == hi:
+        return Param(key, tp, values=[lo])
+    return Param(key, tp, min=lo, max=hi, step=step, sampling=sampling)
+
+
+def parse_spec(cfg: Config, source: str = "<config>") -> TuneSpec:
+    """Validate `cfg.tune`; errors name `source` and the key, e.g. `tune.space.train.lrr`."""
+    t = cfg.tune or {}
+
+    def bad(key: str, msg: str):
+        raise ConfigError(f"{source}: {key}: {msg}")
+
+    for k in t:
+        if k not in TUNE_KEYS:
+            bad(f"tune.{k}", f"unknown key (known: {', '.join(TUNE_KEYS)})")
+    algorithm = t.get("algorithm", "random")
+    if algorithm not in ALGORITHMS:
+        bad("tune.algorithm", f"must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    max_trials = t.get("max_trials", 10)
+    if type(max_trials) is not int or max_trials < 1:
+        bad("tune.max_trials", f"must be an integer >= 1, got {max_trials!r}")
+    td = t.get("target_density")
+    if td is None:
+        td = final_density(cfg)
+    if isinstance(td, bool) or not isinstance(td, (int, float)) or not 0.0 < td <= 1.0:
+        bad("tune.target_density", f"must be a number in (0, 1], got {td!r}")
+    nip = t.get("num_initial_points")
+    if nip is not None and (type(nip) is not int or nip < 1):
+        bad("tune.num_initial_points", f"must be an integer >= 1, got {nip!r}")
+    factor = t.get("hyperband_factor", 3)
+    if type(factor) is not int or factor < 2:
+        bad("tune.hyperband_factor", f"must be an integer >= 2, got {factor!r}")
+    space_in = t.get("space")
+    if not isinstance(space_in, dict) or not space_in:
+        bad("tune.space", "empty: declare at least one key, e.g. train.lr: {min: 0.01, max: 0.2}")
+    space = {}
+    for key, spec in space_in.items():
+        where = f"tune.space.{key}"
+        try:
+            space[key] = _parse_param(str(key), spec, where)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+    spec = TuneSpec(algorithm, max_trials, float(td), space, nip, factor)
+    _check_combinations(cfg, spec, source)
+    return spec
+
+
+def _check_combinations(cfg: Config, spec: TuneSpec, source: str) -> None:
+    """Every declared value must make a valid config, and the rewind point must fit level 0."""
+    sp = spec.space
+    if "lottery.rewind_epochs" in sp and "lottery.rewind_iterations" in sp:
+        raise ConfigError(f"{source}: tune.space.lottery.rewind_iterations: mutually exclusive "
+                          "with tune.space.lottery.rewind_epochs; declare one")
+    if spec.algorithm == "hyperband" and "train.epochs" in sp and sp["train.epochs"].values \
+            and len(sp["train.epochs"].values) > 1:
+        raise ConfigError(f"{source}: tune.space.train.epochs: hyperband needs a {{min, max}} "
+                          "range (epochs are its resource)")
+    for key, p in sp.items():
+        for v in (p.values if p.values is not None else [p.min, p.max]):
+            try:
+                trial_config(cfg, {key: v}, spec.target_density, "<check>")
+            except ConfigError as e:
+                msg = str(e).split(": ", 1)[-1]
+                raise ConfigError(f"{source}: tune.space.{key}: value {v!r}: {msg}") from None
+    rewind = sp.get("lottery.rewind_epochs")
+    hi_rewind = rewind.bounds()[1] if rewind else (
+        None if "lottery.rewind_iterations" in sp else cfg.lottery.rewind_epochs)
+    lo_epochs = spec.epoch_range(cfg)[0]
+    if hi_rewind is not None and hi_rewind > lo_epochs:
+        key = "lottery.rewind_epochs" if rewind else "train.epochs"
+        raise ConfigError(f"{source}: tune.space.{key}: rewind point {hi_rewind} epochs is beyond "
+                          f"level 0 when a trial trains {lo_epochs} epochs per level")
+
+
+# ---------------------------------------------------------------- trial configs
+def final_density(cfg: Config) -> float:
+    """The deepest density the config's portfolio is meant to reach."""
+    lt = cfg.lottery
+    return lt.target_density if lt.target_density is not None else \
+        (1.0 - lt.prune_fraction) ** lt.levels
+
+
+def levels_for(density: float, prune_fraction: float) -> int:
+    """Fewest IMP levels with (1-p)^levels <= density."""
+    if density >= 1.0:
+        return 0
+    return max(0, math.ceil(math.log(density) / math.log(1.0 - prune_fraction) - 1e-9))
+
+
+def trial_config(base: Config, values: dict[str, Any], target_density: float,
+                 source: str = "<tune trial>") -> Config:
+    """`base` with `values` (dotted keys) applied and IMP levels set to reach `target_density`."""
+    d = base.to_dict()
+    for key, v in values.items():
+        section, name = key.split(".", 1)
+        d[section][name] = v
+    if "lottery.rewind_epochs" in values:
+        d["lottery"]["rewind_iterations"] = None
+    if "lottery.rewind_iterations" in values:
+        d["lottery"]["rewind_epochs"] = None
+    if "train.epochs" in values and d["train"]["epochs"] != base.train.epochs:
+        scale = d["train"]["epochs"] / base.train.epochs
+        d["train"]["milestones"] = [m * scale for m in base.train.milestones]
+    p = d["lottery"]["prune_fraction"]
+    if isinstance(p, (int, float)) and 0.0 < p < 1.0:    # else from_dict names the bad value
+        d["lottery"]["levels"] = levels_for(target_density, p)
+    d["lottery"]["target_density"] = float(target_density)
+    d["tune"] = {}
+    return from_dict(d, source)
+
+
+def trial_values(spec: TuneSpec, base: Config, hp_values: dict[str, Any]) -> dict[str, Any]:
+    """Config values of a keras-tuner trial (hyperband's epoch budget becomes train.epochs)."""
+    out = {k: v for k, v in hp_values.items() if k in spec.space}
+    if "tuner/epochs" in hp_values:
+        lo, hi = spec.epoch_range(base)
+        out["train.epochs"] = int(min(hi, max(lo, hp_values["tuner/epochs"])))
+    return out
+
+
+def short_imp(cfg: Config, run: str | Path, target_density: float, data=None,
+              progress: bool = False) -> dict[str, float]:
+    """Run IMP on `cfg` down to `target_density` into `run` (resuming) and return the metrics.
+
+    Used by every trial, and to score any config (e.g. the untuned default) the same way.
+    """
+    from shifter_tf.lottery import run_lottery
+
+    cfg = trial_config(cfg, {}, target_density, f"<short IMP of {cfg.name}>")   # idempotent
+    results = run_lottery(cfg, run, resume=True, data=data, progress=progress)
+    at = next(r for r in results if r.target_density <= target_density + 1e-9)
+    dense = results[0]
+    return {OBJECTIVE: at.val_accuracy, "dense_val_accuracy": dense.val_accuracy,
+            "sparse_test_accuracy": at.test_accuracy, "dense_test_accuracy": dense.test_accuracy,
+            "density": at.density, "levels": float(at.level),
+            "train_seconds": float(sum(r.train_seconds for r in results))}
+
+
+# ---------------------------------------------------------------- keras-tuner
+def _hyperparameters(spec: TuneSpec):
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    for key, p in spec.space.items():
+        if spec.algorithm == "hyperband" and key == "train.epochs":
+            continue                  # the resource, set per trial from tuner/epochs
+        if p.values is not None:
+            hp.Choice(key, p.values, ordered=p.type in (int, float))
+        elif p.type is int:
+            hp.Int(key, int(p.min), int(p.max), step=None if p.step is None else int(p.step),
+                   sampling=p.sampling)
+        else:
+            hp.Float(key, p.min, p.max, step=p.step, sampling=p.sampling)
+    return hp
+
+
+def _oracle(spec: TuneSpec, base: Config, max_trials: int):
+    import keras_tuner as kt
+
+    objective = kt.Objective(OBJECTIVE, direction="max")
+    common = dict(objective=objective, hyperparameters=_hyperparameters(spec), seed=base.seed)
+    if spec.algorithm == "random":
+        return kt.oracles.RandomSearchOracle(max_trials=max_trials, **common)
+    if spec.algorithm == "bayesian":
+        return kt.oracles.BayesianOptimizationOracle(
+            max_trials=max_trials, num_initial_points=spec.num_initial_points, **common)
+    oracle = kt.oracles.HyperbandOracle(max_epochs=spec.epoch_range(base)[1],
+                                        factor=spec.hyperband_factor, hyperband_iterations=None,
+                                        **common)
+    oracle.max_trials = max_trials    # brackets repeat until max_trials (create_trial checks it)
+    return oracle
+
+
+def _tuner_class():
+    import keras_tuner as kt
+
+    class IMPTuner(kt.Tuner):
+        """A keras-tuner Tuner whose trial is a short IMP run; returns the metrics dict."""
+
+        def __init__(self, oracle, base: Config, spec: TuneSpec, out: Path, data,
+                     progress: bool, **kwargs):
+            super().__init__(oracle, **kwargs)
+            self.base, self.spec, self.out, self.data = base, spec, out, data
+            self.progress = progress
+
+        def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
+            values = trial_values(self.spec, self.base, trial.hyperparameters.values)
+            cfg = trial_config(self.base, values, self.spec.target_density,
+                               f"<tune trial {trial.trial_id}>")
+            return short_imp(cfg, self.out / "trials" / trial.trial_id,
+                             self.spec.target_density, data=self.data, progress=self.progress)
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            write_tables(self.out, trial_rows(self.oracle, self.spec, self.base))
+
+    return IMPTuner
+
+
+# ---------------------------------------------------------------- tables and the best config
+def trial_rows(oracle, spec: TuneSpec, base: Config) -> list[dict[str, Any]]:
+    """One row per trial, in trial order: id, status, config values, metrics, error."""
+    rows = []
+    for tid in sorted(oracle.trials, key=lambda i: (int(i) if i.isdigit() else -1, i)):
+        t = oracle.trials[tid]
+        row: dict[str, Any] = {"trial": tid, "status": t.status}
+        row.update(trial_values(spec, base, t.hyperparameters.values))
+        for m in METRICS:
+            row[m] = t.metrics.get_last_value(m) if t.metrics.exists(m) else None
+        lines = (t.message or "").strip().splitlines()
+        row["error"] = lines[-1] if lines else ""
+        rows.append(row)
+    return rows
+
+
+def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
+    """DIR/trials.csv, trials.md and trials.json."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "trials.csv", buf.getvalue())
+    atomic_write_text(out / "trials.md", format_table(rows) + "\n")
+    atomic_write_json(out / "trials.json", rows)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The trial table as Markdown."""
+    cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "error"]
+
+    def cell(v):
+        return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def best_config(base: Config, values: dict[str, Any]) -> Config:
+    """The tuned recipe on `base`, with levels reaching the base config's deepest density."""
+    cfg = trial_config(base, values, final_density(base), "<best config>")
+    cfg.name = f"{base.name}_tuned"
+    return cfg
+
+
+# ---------------------------------------------------------------- the search
+def _diff(old: Any, new: Any, prefix: str = "") -> Optional[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in list(dict.fromkeys([*old, *new])):
+            d = _diff(old.get(k), new.get(k), f"{prefix}{k}.")
+            if d:
+                return d
+        return None
+    return prefix.rstrip(".") if old != new else None
+
+
+def _check_resume(cfg: Config, out: Path) -> None:
+    """A rerun into the same folder must search the same space on the same base config."""
+    saved = out / "search.yaml"
+    if not saved.exists():
+        save_config(cfg, saved)
+        return
+    old, new = load_config(saved).to_dict(), cfg.to_dict()
+    for d in (old, new):
+        d["tune"] = {k: v for k, v in d["tune"].items() if k != "max_trials"}
+        d["train"].pop("verbose")
+    key = _diff(old, new)
+    if key:
+        raise ConfigError(f"{saved}: {key}: differs from the config of the search being "
+                          "resumed; use a new --out folder")
+
+
+def run_search(cfg: Config, out: str | Path, max_trials: Optional[int] = None, data=None,
+               progress: bool = True, source: Optional[str] = None) -> Path:
+    """Run (or resume) the keras-tuner search declared in `cfg.tune` into `out`.
+
+    Returns the path of the best config (DIR/best.yaml). `max_trials` overrides
+    `tune.max_trials`; `source` names the config in error messages.
+    """
+    from shifter_tf.data import load_dataset
+    from shifter_tf.train import TrainingError
+
+    source = source or f"<config {cfg.name}>"
+    spec = parse_spec(cfg, source)
+    if max_trials is not None and max_trials < 1:
+        raise ConfigError(f"--trials: must be >= 1, got {max_trials}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(cfg, out)
+    data = data or load_dataset(cfg.data, cfg.seed)
+    oracle = _oracle(spec, cfg, max_trials or spec.max_trials)
+    tuner = _tuner_class()(oracle, cfg, spec, out, data, progress,
+                           directory=str(out), project_name="keras_tuner", overwrite=False)
+    try:
+        tuner.search(verbose=1 if progress else 0)
+    except RuntimeError as e:        # keras-tuner: too many consecutive failed trials
+        if isinstance(e, TrainingError):
+            raise
+        write_tables(out, trial_rows(tuner.oracle, spec, cfg))
+        raise TrainingError(f"tune: {str(e).splitlines()[0]}; see {out / 'trials.csv'}") from e
+    rows = trial_rows(tuner.oracle, spec, cfg)
+    write_tables(out, rows)
+    best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED"]
+    if not best:
+        raise TrainingError(f"tune: no trial finished; see {out / 'trials.csv'}")
+    trial = best[0]
+    values = trial_values(spec, cfg, trial.hyperparameters.values)
+    best_cfg = best_config(cfg, values)
+    path = out / "best.yaml"
+    header = (f"# Tuned by `shifter-tf tune` from {source}: trial {trial.trial_id} of "
+              f"{len(rows)} ({spec.algorithm}),\n# {OBJECTIVE} {trial.score:.4f} at density "
+              f"{spec.target_density}; values: {json.dumps(values)}\n")
+    atomic_write_text(path, header + yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
+    return path
