@@ -428,7 +428,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def best_config(base: Config, values: dict[str, Any]) -> Config:
     """The tuned recipe on `base`, with levels reaching the base config's deepest density."""
     cfg = trial_config(base, values, final_density(base), "<best config>")
-    cfg.name = f"{base.name}_tuned"
+    cfg.name = f"{base.name.removesuffix('_tune')}_tuned"
     return cfg
 
 

@@ -115,6 +115,7 @@ def test_shipped_tune_config_parses():
     assert spec.target_density == 0.13 and spec.algorithm == "random"
     assert set(spec.space) >= {"train.lr", "train.weight_decay", "lottery.prune_fraction"}
     assert tune.trial_config(cfg, {}, 0.13).lottery.levels == 4
+    assert tune.best_config(cfg, {"train.lr": 0.1}).name == "mnist5k_vgg_tuned"
 
 
 @pytest.mark.parametrize("algorithm", ["random", "bayesian", "hyperband"])
