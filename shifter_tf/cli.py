@@ -82,7 +82,7 @@ def cmd_pai(args) -> int:
 def cmd_tune(args) -> int:
     from shifter_tf import tune
     cfg = _config(args)
-    best = tune.run_search(cfg, Path(args.out), max_trials=args.trials)
+    best = tune.run_search(cfg, Path(args.out), max_trials=args.trials, source=args.config)
     print(f"best config written to {best}")
     return 0
 

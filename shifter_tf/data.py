@@ -138,8 +138,10 @@ def _from_arrays(name, cfg: DataConfig, x, y, labels, seed, x_test=None, y_test=
         x_test = x_test[..., None] if x_test.ndim == 3 else x_test
         y_test = np.asarray(y_test).reshape(-1).astype(np.int64)
         val_idx, train_idx = stratified_split(y, [cfg.val_fraction], seed)
-    if cfg.limit_train:
-        train_idx = train_idx[: cfg.limit_train]
+    if cfg.limit_train and cfg.limit_train < len(train_idx):
+        # a stratified share: the indices are sorted and some sources are sorted by class
+        (train_idx,) = [train_idx[p] for p in stratified_split(
+            y[train_idx], [cfg.limit_train / len(train_idx)], seed)[:1]]
     x_train, y_train = x[train_idx], y[train_idx]
     norm = _stats(x_train, 1.0 / 255.0) if cfg.normalize else Normalization(
         1.0 / 255.0, [0.0] * x.shape[-1], [1.0] * x.shape[-1])

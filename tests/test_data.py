@@ -70,3 +70,10 @@ def test_augmented_pipeline_shapes(mnist_tiny):
     d = replace(mnist_tiny, augment=True, flip=False)
     x, y = next(iter(d.tf_dataset("train", 8, training=True)))
     assert tuple(x.shape) == (8, 28, 28, 1) and tuple(y.shape) == (8,)
+
+
+def test_limit_train_is_a_stratified_share():
+    d = load_dataset(DataConfig(limit_train=500), seed=0)
+    assert len(d.x_train) == 500
+    counts = np.bincount(d.y_train, minlength=10)
+    assert counts.min() >= 45 and counts.max() <= 55
