@@ -63,8 +63,7 @@ def _channels_plot(run: Path, path: Path, max_levels: int = 4) -> bool:
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     first = json.loads(chosen[0].read_text())
     layers = [l for l in first["layers"] if l.get("channels_out_before") and
-              l["kind"] in ("conv", "dense", "depthwise")] or [
-        l for l in first["layers"] if l.get("channels_out_before")]
+              l["kind"] == "producer"]   # conv / depthwise / dense: the layers that own channels
     names = [l["name"] for l in layers]
     ax.plot(names, [l["channels_out_before"] for l in layers], "k-s", label="dense")
     for rp in chosen:
