@@ -1,0 +1,108 @@
+"""Smoke tests of the benchmark suite of issue 7 (tools/bench_*.py), fast: no model building."""
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "edge" / "fixtures" / "portfolio" / "variants"
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("ratio", [2, 16, 256])
+def test_synthetic_masks_exact_density_and_growing_structure(ratio):
+    deploy = _tool("bench_deploy")
+    rng = np.random.default_rng(0)
+    weights = {"c1": rng.normal(0, 0.3, (3, 3, 3, 16)).astype(np.float32),
+               "c2": rng.normal(0, 0.05, (3, 3, 16, 64)).astype(np.float32),
+               "c3": rng.normal(0, 0.03, (3, 3, 64, 64)).astype(np.float32)}
+    total = sum(w.size for w in weights.values())
+    natural, final = deploy.synthetic_masks(weights, 1.0 / ratio, alpha=0.25)
+    kept = sum(int(m.sum()) for m in final.values())
+    assert abs(kept - round(total / ratio)) <= len(weights)   # each layer keeps >= 1 weight
+    for n, m in final.items():
+        alive = m.reshape(-1, m.shape[-1]).any(0).sum()
+        assert 1 <= alive <= math.ceil(m.shape[-1] * natural[n].mean() ** 0.25)
+    dead = sum(int((~m.reshape(-1, m.shape[-1]).any(0)).sum()) for m in final.values())
+    if ratio >= 16:
+        assert dead > 0
+
+
+def test_synthetic_structure_grows_with_compression():
+    deploy = _tool("bench_deploy")
+    rng = np.random.default_rng(1)
+    weights = {"a": rng.normal(0, 0.1, (3, 3, 8, 32)).astype(np.float32),
+               "b": rng.normal(0, 0.05, (3, 3, 32, 64)).astype(np.float32)}
+    dead = []
+    for ratio in (2, 8, 32, 128):
+        _, final = deploy.synthetic_masks(weights, 1.0 / ratio, alpha=0.25)
+        dead.append(sum(int((~m.reshape(-1, m.shape[-1]).any(0)).sum())
+                        for m in final.values()))
+    assert dead == sorted(dead) and dead[-1] > dead[0]
+
+
+def test_bench_latency_interleaved_and_memory(tmp_path):
+    spec = {"threads": [1], "rounds": 3, "min_rounds": 2, "block_ms": 0.5, "warmup": 1,
+            "base": str(FIXTURES),
+            "groups": [{"id": "fixture", "reference": "dense",
+                        "variants": {"dense": "L00-dense-fp32.tflite",
+                                     "pruned": "L04-pruned-fp32.tflite",
+                                     "same": "L00-dense-fp32.tflite"},
+                        "pairs": [["dense", "pruned"]]}],
+            "memory": {"fixture/dense": str(FIXTURES / "L00-dense-fp32.tflite")}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = tmp_path / "lat.json"
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_latency.py"),
+                          str(tmp_path / "spec.json"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    m = doc["groups"][0]["by_threads"][0]
+    assert m["threads"] == 1 and m["rounds"] == 3 and m["block"] >= 3
+    assert m["vs_reference"]["dense"]["median"] == pytest.approx(1.0)
+    assert all(v["median_ms"] > 0 for v in m["variants"].values())
+    assert "dense/pruned" in m["pairs"]
+    mem = doc["memory"]["fixture/dense"]
+    assert mem["bytes"] == (FIXTURES / "L00-dense-fp32.tflite").stat().st_size
+    assert mem["rss_invoked_mb"] >= mem["rss_base_mb"]
+
+
+def test_report_renders_from_minimal_results(tmp_path):
+    report = _tool("bench_report")
+    variant = lambda b, macs, nz, acc=None: {  # noqa: E731
+        "file": "x.tflite", "bytes": b, "gzip_bytes": b // 2, "params_total": 10,
+        "params_nonzero": 5, "macs": macs, "macs_nonzero": nz, "accuracy": acc, "sha256": "0"}
+    doc = {"kind": "trained", "model": "m", "label": "trained", "test_samples": 10,
+           "dense": variant(1000, 100, 100, 0.9),
+           "levels": [{"level": 1, "compression": 4.0, "density": 0.25, "zero_filters": 2,
+                       "filters": 8, "surgery": {"rewrite_ms": 12.0},
+                       "variants": {"pruned": variant(500, 50, 25, 0.9),
+                                    "pruned_sparse": variant(200, 50, 25, 0.9),
+                                    "tfmot_sparse": variant(300, 100, 25, 0.9),
+                                    "sparse": variant(1000, 100, 25, 0.9)}}]}
+    by = {"threads": 1, "rounds": 5, "block": 3,
+          "variants": {k: {"median_ms": 1.0, "p10_ms": 1.0, "p90_ms": 1.0, "load_ms": 1.0}
+                       for k in report.VARIANTS},
+          "vs_reference": {k: {"median": 1.5, "q25": 1.4, "q75": 1.6} for k in report.VARIANTS},
+          "pairs": {"tfmot_sparse/pruned": {"median": 1.5, "q25": 1.4, "q75": 1.6}}}
+    lat = {"host": {"groups": [{"id": "demo/L01", "by_threads": [by]}]}}
+    fam = report.family_results("demo", doc, lat)
+    results = {"meta": {}, "deployment": {"demo": fam}, "runtimes": {}, "demo": {},
+               "switching": {}, "surgery": {}, "paper": report.PAPER}
+    results["headline"] = report.headline(results)
+    results["behind"] = report.behind(results)
+    text = report.render(results)
+    assert "Headline" in text and "(a) ours" in text and "1.50x" in text
+    assert any("below the paper" in b for b in results["behind"])
+    assert len(report.plot(results, tmp_path)) == 2
