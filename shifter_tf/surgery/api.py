@@ -82,7 +82,8 @@ def fold_batchnorm(model) -> keras.Model:
 
 
 def prune_structured(model, sample=None, *, inexact: str = "keep", min_agreement: float = 0.99,
-                     force: bool = False, fold_bn: bool = True, batch_size: int = 64):
+                     force: bool = False, fold_bn: bool = True,
+                     batch_size: int = 64) -> tuple[keras.Model, SurgeryReport]:
     """Turn zeros into a smaller network: returns (pruned_model, SurgeryReport).
 
     model: tf_keras Sequential/functional model (nested ones are inlined) with zeroed kernels,
