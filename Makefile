@@ -40,7 +40,7 @@ edge-fixtures: $(VENV)/.installed
 	$(VENV)/bin/python tools/make_edge_fixtures.py
 
 bench: $(VENV)/.installed $(EDGE)/.installed
-	$(VENV)/bin/python tools/bench_all.py --out bench
+	$(VENV)/bin/python tools/bench_all.py --out bench --run $(RUN)
 
 clean:
 	rm -rf $(VENV) $(EDGE) *.egg-info .pytest_cache

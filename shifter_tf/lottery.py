@@ -16,7 +16,6 @@ Layout of a run folder (each level written atomically, so a killed run resumes c
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional

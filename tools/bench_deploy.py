@@ -27,12 +27,8 @@ with density d_l after global allocation: keep the ceil(F_l * d_l**alpha) filter
 norm, then re-run the global allocation inside the kept filters so the overall density is exactly
 1/ratio. Such checkpoints are for structure, size and speed only, never for accuracy.
 
-Conversion: `shifter_tf.export.convert(model, "fp32", sparse=...)` hands the whole tf_keras model
-to the converter as the trackable object, and the converter's SavedModel export then re-traces
-every layer (≈35 s for ResNet-56 here). `convert_fp32` below passes a tf.Module that holds only
-the variables and the function: the same converter settings and byte-identical output
-(`trained` checks that on one model and records it), about 3x faster. Synthetic checkpoints use
-the frozen-graph path by default (another ≈3x; same ops and weights, tensor order differs, no
+Conversion: `shifter_tf.export.convert(model, "fp32", sparse=...)`, what `shifter-tf export`
+ships. Synthetic checkpoints use the frozen-graph path by default (another ≈3x; same ops and weights, tensor order differs, no
 signature def), every variant of a model through the same path; `--converter module` switches.
 """
 from __future__ import annotations
@@ -58,6 +54,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from shifter_tf import masks as M  # noqa: E402
+from shifter_tf.export import convert  # noqa: E402
 from shifter_tf.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from shifter_tf.models import build_model, iter_layers  # noqa: E402
 from shifter_tf.surgery import count_params_and_macs, prune_structured  # noqa: E402
@@ -71,25 +68,20 @@ VARIANTS = ("pruned", "pruned_sparse", "tfmot_sparse", "sparse")
 
 # ------------------------------------------------------------------------------ measurements
 def convert_fp32(model: keras.Model, sparse: bool = False, path: str = "module") -> bytes:
-    """`shifter_tf.export.convert(model, "fp32", sparse=sparse)` made faster.
+    """path="module": `shifter_tf.export.convert(model, "fp32", sparse=sparse)` itself.
 
-    path="module": a tf.Module holding only the variables and the function is the trackable
-    object: byte-identical output. path="frozen": the batch-1 function with its variables
+    path="frozen": the batch-1 function with its variables
     frozen to constants, no SavedModel step: the same converter settings, ops and weights; the
     file differs only in tensor order and has no signature def (≈3x faster again).
     """
+    if path != "frozen":
+        return convert(model, "fp32", sparse=sparse)
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2)
     spec = tf.TensorSpec((1, *model.input_shape[1:]), tf.float32)
-    holder = tf.Module()
-    holder.variables_ = list(model.variables)
-    holder.fn = tf.function(lambda x: model(x, training=False))
-    concrete = holder.fn.get_concrete_function(spec)
-    if path == "frozen":
-        from tensorflow.python.framework.convert_to_constants import (
-            convert_variables_to_constants_v2)
-        conv = tf.lite.TFLiteConverter.from_concrete_functions(
-            [convert_variables_to_constants_v2(concrete)])
-    else:
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
+    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions(
+        [convert_variables_to_constants_v2(concrete)])
     if sparse:
         conv.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     return conv.convert()
@@ -233,7 +225,6 @@ def run_trained(run: Path, out: Path) -> dict:
     from shifter_tf import lottery
     from shifter_tf.data import load_dataset
     from shifter_tf.evaluate import accuracy
-    from shifter_tf.export import convert
     from shifter_tf.pipeline import pruned_dir, run_config
 
     cfg = run_config(run)
@@ -254,8 +245,6 @@ def run_trained(run: Path, out: Path) -> dict:
 
     dense_model = lottery.load_level_model(run, 0)
     dense = from_portfolio("L00-dense-fp32", "dense.tflite", model_stats(dense_model))
-    # the fast conversion path must give the bytes `shifter_tf.export.convert` gives
-    identical = convert_fp32(dense_model) == convert(dense_model, "fp32")
     names = M.prunable_layers(dense_model, exclude_classifier=cfg.lottery.exclude_classifier,
                               exclude=cfg.lottery.exclude_layers or ())
     convs = [l.name for l in iter_layers(dense_model)
@@ -303,7 +292,6 @@ def run_trained(run: Path, out: Path) -> dict:
             "config": cfg.name, "input_shape": list(data.input_shape),
             "classes": data.num_classes, "test_samples": int(len(y_test)),
             "label": f"trained IMP portfolio ({cfg.name}): accuracy included",
-            "converter_identical_to_export_convert": bool(identical),
             "dense": dense, "levels": levels}
 
 
@@ -316,7 +304,7 @@ def main(argv=None) -> int:
     s.add_argument("--alpha", type=float, default=0.25)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--converter", choices=["frozen", "module"], default="frozen",
-                   help="frozen: fastest; module: byte-identical to shifter_tf.export.convert")
+                   help="frozen: fastest; module: shifter_tf.export.convert itself")
     s.add_argument("--out", required=True)
     t = sub.add_parser("trained")
     t.add_argument("--run", required=True)

@@ -72,7 +72,7 @@ def _med(xs):
 
 # ============================================================================ assemble
 def assemble(out: Path) -> dict:
-    raw, models = out / "raw", out / "models"
+    raw = out / "raw"
     meta = _load(raw / "meta.json") or {}
     demo = _load(raw / "demo.json") or {}
     lat = {rt: _load(raw / f"latency_{rt}.json") for rt in ("host", "edge")}
@@ -154,7 +154,6 @@ def family_results(family: str, doc: dict, lat: dict) -> dict:
             "title": FAMILY_TITLES.get(family, family), "rule": doc.get("rule"),
             "alpha": doc.get("alpha"), "seed": doc.get("seed"),
             "test_samples": doc.get("test_samples"),
-            "converter_identical": doc.get("converter_identical_to_export_convert"),
             "build_wall_s": doc.get("wall_s"), "tensorflow": doc.get("tensorflow"),
             "levels": levels}
 
@@ -442,7 +441,7 @@ def headline_rows(r: dict) -> list:
     rows = []
     h = {x["claim"]: x for x in r.get("headline", [])}
     size = h.get("size", {}).get("ours") or []
-    parts, settings = [], []
+    parts = []
     for o in sorted(size, key=lambda o: o["synthetic"]):
         tag = " (synthetic: structure emulated, ratio set by alpha)" if o["synthetic"] \
             else " (trained)"
@@ -512,9 +511,8 @@ def render_family(a, fam: str, f: dict) -> None:
     else:
         a(f"**{f['label']}**. Accuracy: top-1 of each TFLite file on the "
           f"{f.get('test_samples')} held-out test images. (a), (c), (d) are the portfolio's own "
-          "files (sha256-checked); (a+) and (b) are converted here. The fast conversion path of "
-          "tools/bench_deploy.py gives byte-identical files to shifter_tf.export.convert: "
-          f"{f.get('converter_identical')}.\n")
+          "files (sha256-checked); (a+) and (b) are converted here with "
+          "shifter_tf.export.convert.\n")
     trained = f["kind"] == "trained"
     a("Size (fp32 TFLite bytes; gzip in brackets):\n")
     hdr = ["CR", "density", "zero filters" + ("" if trained else " (by magnitude alone)"),

@@ -141,7 +141,7 @@ def prune_structured(model, sample=None, *, inexact: str = "keep", min_agreement
 
 
 def _report(model, new, graph, plan, folded, weights, new_layers, times, inexact) -> SurgeryReport:
-    ir, kinds = graph.ir, graph.kinds
+    ir = graph.ir
     rep = SurgeryReport(model.name, inexact_policy=inexact)
     rep.params_before, rep.params_nonzero_before, rep.macs_before = count_params_and_macs(model)
     rep.params_after, rep.params_nonzero_after, rep.macs_after = count_params_and_macs(new)
