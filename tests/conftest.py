@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny real data (the embedded mnist5k) and tiny configs, so tests stay fast."""
+"""Shared fixtures: tiny real data (the embedded mnist5k) and tiny configs, so tests stay fast.
+
+pytest also loads this file for tests/edge, which runs where only numpy and tflite-runtime are
+installed: nothing of shifter_tf may be imported at module level here.
+"""
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -6,11 +10,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from shifter_tf.config import from_dict  # noqa: E402
-
 
 def tiny_config(**sections):
     """A config that trains vgg_small on ~1,000 mnist5k images (all 10 classes), 1 epoch a level."""
+    from shifter_tf.config import from_dict
+
     base = {
         "name": "tiny", "seed": 1,
         "data": {"name": "mnist5k", "limit_train": 1024},
