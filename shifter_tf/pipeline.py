@@ -98,7 +98,8 @@ def candidates(run: Path, cfg: Config) -> list[Candidate]:
             out.append(Candidate("pruned", level, r.density,
                                  lambda p=path: keras.models.load_model(p, compile=False,
                                                                         safe_mode=False),
-                                 precisions, parent_kind="sparse"))
+                                 precisions, parent_kind="sparse",
+                                 sparse_encoding=cfg.export.sparse_encoding))
     return out
 
 

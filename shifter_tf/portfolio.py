@@ -22,6 +22,11 @@ from shifter_tf.io import atomic_dir
 from shifter_tf.surgery import count_params_and_macs
 
 
+#: Precisions whose sparse-encoded files TFLite's XNNPACK delegate loads (ai-edge-litert 2.3 and
+#: tflite-runtime 2.14 both fail to prepare sparse int8 CONV_2D / FULLY_CONNECTED nodes).
+SPARSE_ENCODABLE = ("fp32", "fp16")
+
+
 @dataclass
 class Candidate:
     """A Keras model to put in the portfolio, and what it is."""
@@ -32,6 +37,7 @@ class Candidate:
     precisions: Sequence[str]
     parent_kind: Optional[str] = None   # the variant (same level, same precision) it came from
     extra: Optional[dict] = None
+    sparse_encoding: bool = False       # converter's EXPERIMENTAL_SPARSITY for leftover zeros
 
 
 def variant_id(kind: str, level: int, precision: str) -> str:
@@ -68,7 +74,8 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
             for precision in c.precisions:
                 vid = variant_id(c.kind, c.level, precision)
                 rel = f"variants/{vid}.tflite"
-                blob = convert(model, precision, rep)
+                encode = c.sparse_encoding and precision in SPARSE_ENCODABLE
+                blob = convert(model, precision, rep, sparse=encode)
                 (tmp / rel).write_bytes(blob)
                 m = measure(blob, x_test, y_test, threads, runs, warmup)
                 parent = (variant_id(c.parent_kind, c.level, precision)
@@ -78,7 +85,8 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
                     "level": c.level, "density": float(c.density), "params_total": int(params),
                     "params_nonzero": int(nonzero), "macs": int(macs), "accuracy": m.accuracy,
                     "latency_ms": m.latency_ms, "latency_p90_ms": m.latency_p90_ms,
-                    "init_ms": m.init_ms, "parent": parent, **(c.extra or {})})
+                    "init_ms": m.init_ms, "parent": parent,
+                    "sparse_encoding": encode, **(c.extra or {})})
                 bar.update(1)
         bar.close()
         known = {e["id"] for e in entries}

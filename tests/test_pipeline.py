@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from edge_runtime.manifest import ManifestError, load_manifest, validate
+from edge_runtime.manifest import load_manifest, validate
 from shifter_tf import lottery, pipeline, portfolio, report
 from shifter_tf.evaluate import accuracy
 
@@ -130,3 +130,26 @@ def test_edge_switcher_serves_the_exported_portfolio(run, mnist_tiny):
         acc = float(np.mean(np.argmax(scores, -1) == y[:300]))
         expected = next(v.accuracy for v in m.variants if v.id == vid)
         assert acc == pytest.approx(expected, abs=1e-9)   # eval_limit is 300 in the tiny config
+
+
+def test_sparse_encoding_shrinks_pruned_files_without_changing_outputs(run, mnist_tiny):
+    """export.sparse_encoding (on by default): zeros left inside kept filters stored sparsely."""
+    import tf_keras as keras
+    from shifter_tf.export import convert
+    from edge_runtime.interpreter import load_runner
+
+    doc = json.loads((run / "portfolio" / "manifest.json").read_text())
+    enc = {v["id"]: v["sparse_encoding"] for v in doc["variants"]}
+    assert enc["L02-pruned-fp32"] is True and enc["L02-pruned-int8"] is False
+    assert enc["L02-sparse-fp32"] is False and enc["L00-dense-fp32"] is False
+    pruned = keras.models.load_model(pipeline.pruned_dir(run, 2) / "model.keras",
+                                     compile=False, safe_mode=False)
+    x = mnist_tiny.normalized("test")[0][:50]
+    for precision in ("fp32", "fp16"):
+        plain = convert(pruned, precision)
+        encoded = convert(pruned, precision, sparse=True)
+        assert len(encoded) < len(plain)
+        np.testing.assert_array_equal(load_runner(plain, 1).run(x)[0],
+                                      load_runner(encoded, 1).run(x)[0])
+    shipped = (run / "portfolio" / "variants" / "L02-pruned-fp32.tflite").read_bytes()
+    assert len(shipped) == len(convert(pruned, "fp32", sparse=True))
