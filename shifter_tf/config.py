@@ -95,7 +95,7 @@ class ExportConfig:
     eval_limit: Optional[int] = None  # evaluate on the first N test examples only
     # Pruned fp32/fp16 variants also get the converter's EXPERIMENTAL_SPARSITY encoding for the
     # zeros the rewrite leaves inside kept filters: a smaller file, the same outputs and speed
-    # (the interpreter densifies at load). Not for int8: XNNPACK cannot prepare sparse int8.
+    # (the interpreter densifies at load). Not for int8: ai-edge-litert cannot load sparse int8.
     sparse_encoding: bool = True
 
 

@@ -22,8 +22,9 @@ from shifter_tf.io import atomic_dir
 from shifter_tf.surgery import count_params_and_macs
 
 
-#: Precisions whose sparse-encoded files TFLite's XNNPACK delegate loads (ai-edge-litert 2.3 and
-#: tflite-runtime 2.14 both fail to prepare sparse int8 CONV_2D / FULLY_CONNECTED nodes).
+#: Precisions whose sparse-encoded files load on every runtime a device may have: ai-edge-litert
+#: 2.3's XNNPACK fails to prepare sparse int8 CONV_2D / FULLY_CONNECTED nodes (tflite-runtime
+#: 2.14 loads them), so int8 files stay dense.
 SPARSE_ENCODABLE = ("fp32", "fp16")
 
 
