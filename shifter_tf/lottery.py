@@ -303,7 +303,7 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
 def _save_level(run: Path, model: keras.Model, masks: M.Masks, result: LevelResult) -> None:
     def fill(tmp: Path):
         model.save(tmp / "model.keras")
-        np.savez_compressed(tmp / "masks.npz", **masks)
+        M.save_masks(tmp / "masks.npz", masks)
         (tmp / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
     atomic_dir(level_dir(run, result.level), fill)
 

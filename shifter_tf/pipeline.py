@@ -39,7 +39,8 @@ def prune_run(run: Path, force: Optional[bool] = None, data: Optional[Dataset] =
               progress: bool = True) -> str:
     """Structurally prune every finished sparse level of `run`; returns a summary table."""
     cfg = run_config(run)
-    levels = [l for l in lottery.finished_levels(run) if l > 0]
+    density = {r.level: r.density for r in lottery.load_results(run) if r.level > 0}
+    levels = sorted(density)
     if not levels:
         raise FileNotFoundError(f"{run}/levels: no finished sparse level to prune")
     data = data or load_dataset(cfg.data, cfg.seed)
@@ -60,11 +61,10 @@ def prune_run(run: Path, force: Optional[bool] = None, data: Optional[Dataset] =
             (tmp / "report.json").write_text(json.dumps(rep, indent=2, default=str))
         atomic_dir(pruned_dir(run, level), fill)
         ver = rep.get("verification") or {}
-        metrics = json.loads((lottery.level_dir(run, level) / "metrics.json").read_text())
-        summary.append({"level": level, "density": metrics["density"], **{
+        summary.append({"level": level, "density": density[level], **{
             k: rep[k] for k in ("params_before", "params_after", "macs_before", "macs_after",
                                 "rewrite_ms")}, "verification": ver})
-        rows.append(f"| {level} | {metrics['density']:.4f} | {rep['params_before']:,} | "
+        rows.append(f"| {level} | {density[level]:.4f} | {rep['params_before']:,} | "
                     f"{rep['params_after']:,} | {rep['macs_before']:,} | {rep['macs_after']:,} | "
                     f"{rep['rewrite_ms']:.1f} | {ver.get('max_abs_dlogit', float('nan')):.2e} | "
                     f"{ver.get('top1_agreement', float('nan')):.4f} |")
