@@ -52,6 +52,9 @@ class Dataset:
     augment: bool = False
     flip: bool = True
 
+    def __post_init__(self):
+        check_finite(self)
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
@@ -81,6 +84,20 @@ class Dataset:
                 ds = ds.map(_augmenter(self.input_shape, self.flip, seed),
                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def check_finite(data: "Dataset") -> None:
+    """Refuse NaN/Inf pixels where data enters: they poison BN statistics silently on CPUs whose
+    ReLU maps NaN to 0, so the loss can stay finite while the saved model is garbage."""
+    for split in ("train", "val", "test"):
+        x = np.asarray(getattr(data, f"x_{split}"))
+        if x.dtype.kind != "f":
+            continue
+        bad = x.size - int(np.isfinite(x).sum())
+        if bad:
+            first = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
+            raise DataError(f"{data.name}: x_{split} holds {bad} non-finite values (NaN/Inf), "
+                            f"first in example {first}; clean the data before training")
 
 
 def _augmenter(shape, flip: bool, seed: int):

@@ -94,6 +94,20 @@ class NaNGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def check_finite_weights(model: keras.Model, what: str) -> None:
+    """Raise TrainingError if any weight (BN statistics included) is NaN or Inf.
+
+    The loss alone does not prove a model is sound: on some CPUs NaN activations come out of
+    ReLU as zeros, so a run can report a finite loss with NaN kernels or moving statistics.
+    """
+    for w in model.weights:
+        v = w.numpy()
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise TrainingError(f"{what}: weight {w.name} became non-finite "
+                                f"({int((~np.isfinite(v)).sum())} of {v.size} values); "
+                                "lower train.lr or check the data")
+
+
 @dataclass
 class FitResult:
     seconds: float
@@ -121,6 +135,7 @@ def fit(model: keras.Model, data: Dataset, cfg: TrainConfig, *, seed: int, what:
     if guard.bad_at is not None:
         raise TrainingError(f"{what}: loss became {guard.bad_at[1]} in epoch "
                             f"{guard.bad_at[0] + 1}; lower train.lr or check the data")
+    check_finite_weights(model, what)
     return FitResult(time.perf_counter() - start, dict(hist.history),
                      steps_per_epoch(data, cfg.batch_size) * (epochs or cfg.epochs))
 

@@ -130,6 +130,10 @@ def prune_structured(model, sample=None, *, inexact: str = "keep", min_agreement
     report.notes = notes + report.notes
     if sample is not None:
         report.verification = compare(model, new, sample, min_agreement, batch_size)
+        if not report.verification.finite:
+            raise SurgeryError(
+                f"model {model.name!r} gives non-finite outputs (NaN/Inf) on the verification "
+                "sample: its weights or BN statistics are broken; retrain it")
         if not report.verification.passed and not force:
             v = report.verification
             raise SurgeryError(

@@ -19,6 +19,7 @@ class Verification:
     top1_agreement: float       # fraction of samples with the same argmax (mean over outputs)
     min_agreement: float
     passed: bool
+    finite: bool = True         # every output of both models is finite
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,6 +39,7 @@ def compare(reference, candidate, sample, min_agreement: float = 0.99,
     """Run both models on `sample` and measure how far the candidate's outputs move."""
     ref = _run(reference, sample, batch_size)
     new = _run(candidate, sample, batch_size)
+    finite = all(np.isfinite(o).all() for o in ref + new)
     max_abs, scale, agree = 0.0, 0.0, []
     for a, b in zip(ref, new):
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
@@ -47,5 +49,8 @@ def compare(reference, candidate, sample, min_agreement: float = 0.99,
         agree.append(float(np.mean(a2.argmax(-1) == b2.argmax(-1))))
     agreement = float(np.mean(agree)) if agree else 1.0
     n = int(ref[0].shape[0]) if ref and ref[0].ndim else 1
+    if not finite:   # NaN compares as equal argmax: agreement means nothing here
+        return Verification(n, float("nan"), float("nan"), float("nan"), 0.0,
+                            float(min_agreement), False, False)
     return Verification(n, max_abs, scale, max_abs / scale if scale else 0.0, agreement,
                         float(min_agreement), agreement >= min_agreement)
