@@ -14,6 +14,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from shifter_tf import config_rules as rules
+
 
 class ConfigError(ValueError):
     """A config file or key that cannot be used; the message names both."""
@@ -38,8 +40,9 @@ class ModelConfig:
     """A zoo model by name, or a user's .keras/.h5 file."""
     name: str = "vgg_small"
     path: Optional[str] = None
-    unsafe: bool = False             # allow Lambda layers in a user's file (runs its code)
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    unsafe: bool = False             # allow Lambda layers / custom_objects (runs their code)
+    kwargs: dict[str, Any] = field(default_factory=dict)   # builder keywords (config_rules)
+    custom_objects: list[str] = field(default_factory=list)  # ["my_pkg.layers:Scale"]; unsafe
 
 
 @dataclass
@@ -215,12 +218,7 @@ def load_config(path: str | Path, overrides: Optional[dict] = None) -> Config:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    for dotted, v in (overrides or {}).items():
-        node = values
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
+    rules.apply_overrides(values, overrides or {})
     return from_dict(values, str(path))
 
 
@@ -267,6 +265,8 @@ def _validate(cfg: Config, source: str) -> None:
     for k in cfg.export.kinds:
         if k not in ("dense", "sparse", "pruned"):
             bad("export.kinds", f"unknown kind {k!r} (dense, sparse, pruned)")
+    rules.validate_data(cfg.data, bad)
+    rules.validate_model(cfg.model, bad)
     validate_pai(cfg.pai, source)
 
 
