@@ -6,13 +6,17 @@ rewriter see the same layer kinds whatever the architecture.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import inspect
 from typing import Callable, Sequence
 
 import shifter_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tf_keras as keras
 
+from shifter_tf.config import ConfigError, ModelConfig
+from shifter_tf.config_rules import MODEL_KWARGS
 from shifter_tf.models import resnet, vgg
+from shifter_tf.models.user import (ModelError, check_model_fits, import_custom_objects,
+                                    load_user_model)
 
 Builder = Callable[..., keras.Model]
 
@@ -31,48 +35,47 @@ MODELS: dict[str, Builder] = {
 }
 
 
-class ModelError(ValueError):
-    """A model name, file or layer that cannot be used, with the reason."""
+def builder_kwargs(builder: Builder) -> dict[str, type]:
+    """The keywords `builder` takes after (input_shape, num_classes), with their types."""
+    params = list(inspect.signature(builder).parameters.values())[2:]
+    out = {}
+    for p in params:
+        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        ann = p.annotation if isinstance(p.annotation, type) else None
+        out[p.name] = ann or (type(p.default) if p.default is not p.empty else object)
+    return out
 
 
 def register_model(name: str, builder: Builder) -> None:
-    """Add a builder under `name` so configs can refer to it."""
+    """Add a builder under `name` so configs can refer to it (and to its keywords)."""
     MODELS[name] = builder
+    MODEL_KWARGS[name] = builder_kwargs(builder)
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kwargs) -> keras.Model:
-    """Build zoo model `name` for inputs of `input_shape` (no batch dim) and `num_classes`."""
+    """Build zoo model `name` for inputs of `input_shape` (no batch dim) and `num_classes`.
+
+    A keyword the builder does not take is a ConfigError naming `model.kwargs.<key>`.
+    """
     if name not in MODELS:
         raise ModelError(f"unknown model '{name}'; known: {', '.join(sorted(MODELS))}")
+    known = builder_kwargs(MODELS[name])
+    for k in kwargs:
+        if k not in known:
+            raise ConfigError(f"model.kwargs.{k}: {name} takes no keyword {k!r} "
+                              f"(known: {', '.join(sorted(known)) or 'none'})")
     return MODELS[name](tuple(input_shape), int(num_classes), **kwargs)
 
 
-def load_user_model(path: str | Path, unsafe: bool = False) -> keras.Model:
-    """Load a user's `.keras` / `.h5` model; Lambda layers are refused unless `unsafe=True`.
-
-    Keras' safe mode refuses to deserialise Lambda bytecode in `.keras` files; `.h5` files have no
-    safe mode, so we inspect the layers ourselves and refuse there too.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: model file not found")
-    if path.suffix not in (".keras", ".h5", ".hdf5"):
-        raise ModelError(f"{path}: expected a .keras or .h5 file")
-    try:
-        if path.suffix == ".keras":
-            model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
-        else:
-            model = keras.models.load_model(path, compile=False)
-    except ValueError as e:
-        if "Lambda" in str(e) or "safe_mode" in str(e):
-            raise ModelError(f"{path}: contains a Lambda layer, refused in safe mode "
-                             "(pass --unsafe / unsafe=True only if you trust this file)") from None
-        raise ModelError(f"{path}: cannot load model: {str(e).splitlines()[0]}") from None
-    if not unsafe:
-        lambdas = [l.name for l in iter_layers(model) if isinstance(l, keras.layers.Lambda)]
-        if lambdas:
-            raise ModelError(f"{path}: contains Lambda layer(s) {lambdas}, refused in safe mode "
-                             "(pass --unsafe / unsafe=True only if you trust this file)")
+def model_for(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> keras.Model:
+    """The config's model, checked against the data: a zoo builder, or the user's file (Lambda
+    and custom objects refused unless `model.unsafe`)."""
+    import_custom_objects(cfg.custom_objects, cfg.unsafe)
+    if not cfg.path:
+        return build_model(cfg.name, input_shape, num_classes, **cfg.kwargs)
+    model = load_user_model(cfg.path, unsafe=cfg.unsafe)
+    check_model_fits(model, input_shape, num_classes, source=str(cfg.path))
     return model
 
 
@@ -86,4 +89,5 @@ def iter_layers(model: keras.Model):
 
 
 __all__ = ["MODELS", "ModelError", "build_model", "load_user_model", "register_model",
-           "iter_layers"]
+           "iter_layers", "model_for", "check_model_fits", "import_custom_objects",
+           "builder_kwargs"]

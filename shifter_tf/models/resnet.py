@@ -71,22 +71,23 @@ def imagenet_resnet(blocks, block_fn, input_shape, num_classes: int, name: str,
     return keras.Model(inputs, outputs, name=name)
 
 
-def cifar_resnet20(input_shape, num_classes, **kw):
-    return cifar_resnet(20, input_shape, num_classes, **kw)
+def cifar_resnet20(input_shape, num_classes, width: int = 16):
+    return cifar_resnet(20, input_shape, num_classes, width=width)
 
 
-def cifar_resnet32(input_shape, num_classes, **kw):
-    return cifar_resnet(32, input_shape, num_classes, **kw)
+def cifar_resnet32(input_shape, num_classes, width: int = 16):
+    return cifar_resnet(32, input_shape, num_classes, width=width)
 
 
-def cifar_resnet56(input_shape, num_classes, **kw):
-    return cifar_resnet(56, input_shape, num_classes, **kw)
+def cifar_resnet56(input_shape, num_classes, width: int = 16):
+    return cifar_resnet(56, input_shape, num_classes, width=width)
 
 
-def resnet18(input_shape, num_classes, **kw):
-    return imagenet_resnet([2, 2, 2, 2], basic_block, input_shape, num_classes, "resnet18", **kw)
+def resnet18(input_shape, num_classes, small_input: bool = False):
+    return imagenet_resnet([2, 2, 2, 2], basic_block, input_shape, num_classes, "resnet18",
+                           small_input=small_input)
 
 
-def resnet50(input_shape, num_classes, **kw):
+def resnet50(input_shape, num_classes, small_input: bool = False):
     return imagenet_resnet([3, 4, 6, 3], bottleneck_block, input_shape, num_classes, "resnet50",
-                           **kw)
+                           small_input=small_input)

@@ -30,8 +30,14 @@ def kaiming():
     return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
 
 
-def build_vgg(cfg: Sequence, input_shape, num_classes: int, name: str = "vgg") -> keras.Model:
-    """Stack conv3x3-BN-ReLU per int in `cfg`, 2x2 max-pool per "M", global average pool, fc."""
+def build_vgg(cfg: Sequence, input_shape, num_classes: int, name: str = "vgg",
+              width: float = 1.0) -> keras.Model:
+    """Stack conv3x3-BN-ReLU per int in `cfg`, 2x2 max-pool per "M", global average pool, fc.
+
+    `width` multiplies every conv's filters (rounded, at least 1): 0.5 is the half-width net.
+    """
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
     inputs = keras.Input(shape=input_shape, name="input")
     x = inputs
     block, conv = 1, 1
@@ -40,7 +46,7 @@ def build_vgg(cfg: Sequence, input_shape, num_classes: int, name: str = "vgg") -
             x = L.MaxPooling2D(2, name=f"block{block}_pool")(x)
             block, conv = block + 1, 1
             continue
-        x = L.Conv2D(v, 3, padding="same", use_bias=False, kernel_initializer=kaiming(),
+        x = L.Conv2D(max(1, round(v * width)), 3, padding="same", use_bias=False, kernel_initializer=kaiming(),
                      name=f"block{block}_conv{conv}")(x)
         x = L.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                                  name=f"block{block}_bn{conv}")(x)
@@ -53,10 +59,10 @@ def build_vgg(cfg: Sequence, input_shape, num_classes: int, name: str = "vgg") -
 
 
 def _make(name):
-    def builder(input_shape, num_classes, **kwargs):
-        return build_vgg(CFGS[name], input_shape, num_classes, name=name)
+    def builder(input_shape, num_classes, width: float = 1.0):
+        return build_vgg(CFGS[name], input_shape, num_classes, name=name, width=width)
     builder.__name__ = name
-    builder.__doc__ = f"{name}: {CFGS[name]}"
+    builder.__doc__ = f"{name}: {CFGS[name]}, conv filters × `width`"
     return builder
 
 

@@ -1,0 +1,121 @@
+"""A user's own model: load a `.keras`/`.h5` file safely, import named custom objects, and check
+that the model fits the data before anything trains.
+
+Every failure is a `ModelError` naming the file and the layer, class or shape at fault.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import shifter_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tf_keras as keras
+
+UNSAFE_HINT = "set model.unsafe: true (unsafe=True in Python) only if you trust this file"
+
+
+class ModelError(ValueError):
+    """A model name, file or layer that cannot be used, with the reason."""
+
+
+def import_custom_objects(specs: Iterable[str], unsafe: bool = False) -> dict[str, Any]:
+    """Import each `package.module:Name` and register it with Keras (so every later load of a
+    model holding it works); importing runs the module's code, hence `unsafe` is required."""
+    specs = list(specs)
+    if specs and not unsafe:
+        raise ModelError(f"model.custom_objects: importing {specs[0]} runs that module's code; "
+                         "set model.unsafe: true if you trust it")
+    found = {}
+    for spec in specs:
+        module, _, name = spec.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), name)
+        except ImportError as e:
+            raise ModelError(f"model.custom_objects: {spec}: cannot import {module} "
+                             f"({e})") from None
+        except AttributeError:
+            raise ModelError(f"model.custom_objects: {spec}: module {module} has no "
+                             f"{name!r}") from None
+        found[name] = obj
+    keras.utils.get_custom_objects().update(found)
+    return found
+
+
+def _load_error(path: Path, e: Exception, unsafe: bool) -> ModelError:
+    """Turn what Keras/h5py raise into one line naming the file and the class at fault."""
+    msg = str(e)
+    if "Lambda" in msg or "safe_mode" in msg:
+        return ModelError(f"{path}: contains a Lambda layer, refused in safe mode ({UNSAFE_HINT})")
+    if "batch_shape" in msg or re.search(r"['`]Functional['`]", msg):
+        return ModelError(f"{path}: saved by Keras 3, which tf_keras cannot read; save it with "
+                          "tf_keras (TF_USE_LEGACY_KERAS=1) or rebuild it layer by layer")
+    m = re.search(r"(?:object of type|Unknown \w+:|locate class) [`']?(\w+)[`']?", msg)
+    if m:
+        name = m.group(1)
+        return ModelError(f"{path}: class {name!r} (a custom layer or subclassed model) is not "
+                          f"known here; name it in model.custom_objects, e.g. "
+                          f"[my_pkg.layers:{name}], with model.unsafe: true")
+    if isinstance(e, (OSError, zipfile.BadZipFile, EOFError, KeyError)):
+        first = (msg.splitlines() or [type(e).__name__])[0][:160]
+        return ModelError(f"{path}: not a readable Keras model file (empty, truncated or "
+                          f"corrupt: {first})")
+    return ModelError(f"{path}: cannot load model: {(msg.splitlines() or [''])[0][:200]}")
+
+
+def load_user_model(path: str | Path, unsafe: bool = False,
+                    custom_objects: Iterable[str] = ()) -> keras.Model:
+    """Load a user's `.keras` / `.h5` model; Lambda layers are refused unless `unsafe=True`.
+
+    Keras' safe mode refuses to deserialise Lambda bytecode in `.keras` files; `.h5` files have no
+    safe mode, so we inspect the layers ourselves and refuse there too. `custom_objects` are
+    `package.module:Name` strings (see `import_custom_objects`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    if path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise ModelError(f"{path}: expected a .keras or .h5 file")
+    import_custom_objects(custom_objects, unsafe)
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: not a readable Keras model file (empty)")
+    try:
+        if path.suffix == ".keras":
+            model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+        else:
+            model = keras.models.load_model(path, compile=False)
+    except (ValueError, TypeError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise _load_error(path, e, unsafe) from None
+    if not unsafe:
+        from shifter_tf.models import iter_layers
+        lambdas = [l.name for l in iter_layers(model) if isinstance(l, keras.layers.Lambda)]
+        if lambdas:
+            raise ModelError(f"{path}: contains Lambda layer(s) {lambdas}, refused in safe mode "
+                             f"({UNSAFE_HINT})")
+    return model
+
+
+def _fmt(shape: Sequence[Optional[int]]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def check_model_fits(model: keras.Model, input_shape: Sequence[int], num_classes: int,
+                     source: str = "model") -> None:
+    """Raise ModelError unless `model` takes one image of `input_shape` and returns
+    `num_classes` logits."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(f"{source}: has {len(model.inputs)} input(s) and {len(model.outputs)} "
+                         "output(s); one image input and one logits output are expected")
+    got = tuple(model.inputs[0].shape[1:])
+    want = tuple(int(d) for d in input_shape)
+    if len(got) != len(want) or any(g is not None and g != w for g, w in zip(got, want)):
+        raise ModelError(f"{source}: input {model.input_names[0]!r} has shape {_fmt(got)} but the "
+                         f"data's images are {_fmt(want)}; set data.image_size or use a model "
+                         "built for this data")
+    out = tuple(model.outputs[0].shape)
+    layer = model.output_names[0]
+    if len(out) != 2 or out[-1] != int(num_classes):
+        raise ModelError(f"{source}: output layer {layer!r} has shape {_fmt(out)} but the data "
+                         f"has {int(num_classes)} classes; expected (?, {int(num_classes)}) logits")
