@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple, Union
 
+from edge_runtime.dirswap import default_file_mode
 from edge_runtime.schema import PathLike, Variant, VariantFileError
 
 
@@ -22,6 +23,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
+        os.chmod(tmp, default_file_mode())   # as open() would: mkstemp makes it 0600
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

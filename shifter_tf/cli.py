@@ -20,41 +20,65 @@ from typing import Callable, Optional
 import shifter_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 
-def _overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for p in pairs or []:
-        if "=" not in p:
-            raise ValueError(f"--set {p!r}: expected key=value, e.g. train.epochs=2")
-        k, v = p.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
 def _config(args):
+    """Read and check the config (and TF_CONFIG) before TensorFlow loads: a typo costs < 2 s."""
     from shifter_tf.config import load_config
-    return load_config(args.config, _overrides(args.set))
+    from shifter_tf.config_rules import check_tf_config, parse_overrides
+
+    cfg = load_config(args.config, parse_overrides(args.set))
+    if cfg.train.strategy == "multi_worker":
+        check_tf_config()
+    return cfg
+
+
+def _prepare(cfg):
+    """Load the data and check the model against it (file, custom objects, input and output
+    shapes) before anything is written; returns the data for the phase to reuse."""
+    from shifter_tf.data import load_dataset
+
+    data = load_dataset(cfg.data, cfg.seed)
+    if cfg.model.path or cfg.model.custom_objects:
+        from shifter_tf.models import model_for
+        model_for(cfg.model, data.input_shape, data.num_classes)
+    return data
+
+
+def _run_overrides(args, section: str) -> dict:
+    """--set for a phase over an existing run: only `section.*` keys, checked before TensorFlow."""
+    from shifter_tf.config import ConfigError, load_config
+    from shifter_tf.config_rules import parse_overrides
+
+    overrides = parse_overrides(args.set)
+    for key in overrides:
+        if not key.startswith(section + "."):
+            raise ConfigError(f"--set {key}: `{args.command}` accepts only {section}.* keys "
+                              "(the rest is fixed by the run's config.yaml)")
+    path = Path(args.run) / "config.yaml"
+    if path.is_file():
+        load_config(path, overrides)
+    return overrides
 
 
 def cmd_train(args) -> int:
-    from shifter_tf import lottery
-
     cfg = _config(args)
-    results = lottery.run_lottery(cfg, args.out, resume=args.resume)
+    data = _prepare(cfg)
+    from shifter_tf import lottery
+    results = lottery.run_lottery(cfg, args.out, resume=args.resume, data=data)
     print(lottery.format_table(results))
     return 0
 
 
 def cmd_prune(args) -> int:
+    overrides = _run_overrides(args, "surgery")
     from shifter_tf import pipeline
-    print(pipeline.prune_run(Path(args.run), force=args.force))
+    print(pipeline.prune_run(Path(args.run), force=args.force, overrides=overrides))
     return 0
 
 
 def cmd_export(args) -> int:
+    overrides = _run_overrides(args, "export")
     from shifter_tf import pipeline
-    print(pipeline.export_run(Path(args.run)))
+    print(pipeline.export_run(Path(args.run), overrides=overrides))
     return 0
 
 
@@ -66,23 +90,27 @@ def cmd_report(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from shifter_tf import pipeline
     cfg = _config(args)
-    print(pipeline.run_all(cfg, Path(args.out), resume=args.resume))
+    data = _prepare(cfg)
+    from shifter_tf import pipeline
+    print(pipeline.run_all(cfg, Path(args.out), resume=args.resume, data=data))
     return 0
 
 
 def cmd_pai(args) -> int:
-    from shifter_tf import pai
     cfg = _config(args)
-    print(pai.run_pai(cfg, Path(args.out), overwrite=args.overwrite))
+    data = _prepare(cfg)
+    from shifter_tf import pai
+    print(pai.run_pai(cfg, Path(args.out), overwrite=args.overwrite, data=data))
     return 0
 
 
 def cmd_tune(args) -> int:
-    from shifter_tf import tune
     cfg = _config(args)
-    best = tune.run_search(cfg, Path(args.out), max_trials=args.trials, source=args.config)
+    data = _prepare(cfg)
+    from shifter_tf import tune
+    best = tune.run_search(cfg, Path(args.out), max_trials=args.trials, source=args.config,
+                           data=data)
     print(f"best config written to {best}")
     return 0
 
@@ -121,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="continue a killed run at its first unfinished level")
         if name in ("prune", "export", "report"):
             s.add_argument("run", help="run folder written by `shifter-tf train`")
+        if name in ("prune", "export"):
+            section = "surgery" if name == "prune" else "export"
+            s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                           help=f"override a {section}.* key of the run's config for this "
+                                f"{name} only, e.g. --set " + ("surgery.min_agreement=0.98"
+                                if name == "prune" else "export.latency_runs=10"))
         if name == "prune":
             s.add_argument("--force", action="store_true",
                            help="keep a pruned model even if it disagrees with the sparse one")
@@ -132,13 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_error(e: BaseException) -> bool:
+    """A mistake the user can fix? Config and data errors are told apart without loading
+    TensorFlow (shifter_tf.errors imports every phase)."""
+    from shifter_tf.config import ConfigError
+    from shifter_tf.data import DataError
+    if isinstance(e, (ConfigError, DataError, FileNotFoundError, FileExistsError)):
+        return True
+    from shifter_tf.errors import USER_ERRORS
+    return isinstance(e, USER_ERRORS)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from shifter_tf.errors import USER_ERRORS
-
     try:
         return args.fn(args)
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not _user_error(e):
+            raise
         print(f"shifter-tf {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

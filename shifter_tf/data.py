@@ -54,6 +54,7 @@ class Dataset:
 
     def __post_init__(self):
         check_finite(self)
+        check_labels(self)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -98,6 +99,41 @@ def check_finite(data: "Dataset") -> None:
             first = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
             raise DataError(f"{data.name}: x_{split} holds {bad} non-finite values (NaN/Inf), "
                             f"first in example {first}; clean the data before training")
+
+
+def check_labels(data: "Dataset") -> None:
+    """Refuse labels outside [0, num_classes) and an empty training split before `fit` sees them."""
+    if len(data.y_train) == 0:
+        raise DataError(f"{data.name}: the training split is empty; lower data.val_fraction / "
+                        "data.test_fraction or add data")
+    k = data.num_classes
+    for split in ("train", "val", "test"):
+        y = np.asarray(getattr(data, f"y_{split}")).reshape(-1)
+        bad = (y < 0) | (y >= k) if y.size else np.zeros(0, bool)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{data.name}: y_{split} holds {int(bad.sum())} label(s) outside "
+                            f"[0, {k}) ({k} class names), first {y[i]} in example {i}")
+
+
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")   # what Keras' folder loader reads
+
+
+def check_image_tree(root: str | Path) -> None:
+    """Raise DataError unless `root` holds one sub-folder per class, each with images."""
+    root = Path(root)
+    loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    if not classes:
+        what = (f"{len(loose)} images (e.g. {loose[0]}) but no class sub-folders" if loose
+                else "no class sub-folders and no images")
+        raise DataError(f"{root}: image_folder expects one sub-folder per class "
+                        f"(ROOT/cat/1.png, ROOT/dog/2.png); found {what}")
+    empty = [c.name for c in classes if not any(
+        f.suffix.lower() in IMAGE_SUFFIXES for f in c.rglob("*") if f.is_file())]
+    if empty:
+        raise DataError(f"{root}: class folder(s) {', '.join(empty[:5])} hold no images "
+                        f"({', '.join(IMAGE_SUFFIXES)})")
 
 
 def _augmenter(shape, flip: bool, seed: int):
@@ -194,19 +230,25 @@ def _keras_dataset(name: str, cfg: DataConfig):
 
 
 def _image_folder(cfg: DataConfig):
-    import tf_keras as keras
-
     if not cfg.path or not Path(cfg.path).is_dir():
         raise DataError(f"data.path: image_folder needs a folder of class sub-folders, "
                         f"got {cfg.path!r}")
+    check_image_tree(cfg.path)   # before TensorFlow loads: a wrong folder costs no time
+    import tf_keras as keras
+
     size = tuple(cfg.image_size or (32, 32))
     ds = keras.utils.image_dataset_from_directory(
         cfg.path, image_size=size, batch_size=None, shuffle=False, label_mode="int")
     labels = list(ds.class_names)
     xs, ys = [], []
-    for x, y in ds.as_numpy_iterator():
-        xs.append(x)
-        ys.append(y)
+    try:   # unshuffled: element i is ds.file_paths[i], so a failure names its file
+        for x, y in ds.as_numpy_iterator():
+            xs.append(x)
+            ys.append(y)
+    except Exception as e:  # tf.errors.InvalidArgumentError from the decoder
+        first = (str(e).split(": ")[-1].splitlines() or [""])[0][:120]
+        raise DataError(f"{ds.file_paths[len(xs)]}: cannot decode image ({first}); "
+                        "remove or replace the file") from None
     if not xs:
         raise DataError(f"{cfg.path}: no images found in class sub-folders")
     return np.stack(xs), np.asarray(ys), labels

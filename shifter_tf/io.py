@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from edge_runtime.dirswap import swap_dir
 from edge_runtime.manifest import atomic_write_bytes as _device_atomic_write
 
 
@@ -40,22 +40,9 @@ def atomic_save(path: str | Path, save: Callable[[Path], None]) -> None:
 
 
 def atomic_dir(final: str | Path, fill: Callable[[Path], None]) -> None:
-    """Build a directory under a temp name with `fill(tmp)`, then swap it in for `final`."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp")
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    """Build a directory with `fill(tmp)`, then swap it in for `final`; a crash at any step
+    leaves a complete copy that the next call (or `edge_runtime.dirswap.recover_dir`) restores."""
+    swap_dir(final, fill)
 
 
 def _jsonable(o: Any) -> Any:

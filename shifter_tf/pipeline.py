@@ -19,16 +19,21 @@ from shifter_tf import lottery
 from shifter_tf.config import Config, load_config
 from shifter_tf.data import Dataset, load_dataset
 from shifter_tf.io import atomic_dir, atomic_write_json
+from shifter_tf.models import import_custom_objects
 from shifter_tf.portfolio import Candidate, build_portfolio, format_table
 from shifter_tf.surgery import prune_structured
 
 
-def run_config(run: Path) -> Config:
+def run_config(run: Path, overrides: Optional[dict] = None) -> Config:
+    """The run's config.yaml (with `overrides`); its custom objects are registered with Keras so
+    the run's models load."""
     path = Path(run) / "config.yaml"
     if not path.exists():
         raise FileNotFoundError(f"{run}: not a run folder (no config.yaml); "
                                 "create one with `shifter-tf train`")
-    return load_config(path)
+    cfg = load_config(path, overrides)
+    import_custom_objects(cfg.model.custom_objects, cfg.model.unsafe)
+    return cfg
 
 
 def pruned_dir(run: Path, level: int) -> Path:
@@ -36,9 +41,9 @@ def pruned_dir(run: Path, level: int) -> Path:
 
 
 def prune_run(run: Path, force: Optional[bool] = None, data: Optional[Dataset] = None,
-              progress: bool = True) -> str:
+              progress: bool = True, overrides: Optional[dict] = None) -> str:
     """Structurally prune every finished sparse level of `run`; returns a summary table."""
-    cfg = run_config(run)
+    cfg = run_config(run, overrides)
     density = {r.level: r.density for r in lottery.load_results(run) if r.level > 0}
     levels = sorted(density)
     if not levels:
@@ -103,9 +108,11 @@ def candidates(run: Path, cfg: Config) -> list[Candidate]:
     return out
 
 
-def export_run(run: Path, data: Optional[Dataset] = None, progress: bool = True) -> str:
-    """Write RUN/portfolio from the levels and pruned levels; returns the portfolio table."""
-    cfg = run_config(run)
+def export_run(run: Path, data: Optional[Dataset] = None, progress: bool = True,
+               overrides: Optional[dict] = None) -> str:
+    """Write RUN/portfolio from the levels and pruned levels; returns the portfolio table.
+    `overrides` ({"export.latency_runs": 10}) change the run's config for this export only."""
+    cfg = run_config(run, overrides)
     data = data or load_dataset(cfg.data, cfg.seed)
     ex = cfg.export
     manifest = build_portfolio(Path(run) / "portfolio", candidates(run, cfg), data, cfg.name,
@@ -115,13 +122,14 @@ def export_run(run: Path, data: Optional[Dataset] = None, progress: bool = True)
     return format_table(manifest)
 
 
-def run_all(cfg: Config, out: Path, resume: bool = False) -> str:
+def run_all(cfg: Config, out: Path, resume: bool = False,
+            data: Optional[Dataset] = None) -> str:
     """Phases 1-3 and the report; returns the table of pruned variants."""
     from shifter_tf import report
 
     timings = {}
     t = time.perf_counter()
-    data = load_dataset(cfg.data, cfg.seed)
+    data = data or load_dataset(cfg.data, cfg.seed)
     lottery.run_lottery(cfg, out, resume=resume, data=data)
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
