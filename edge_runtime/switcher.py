@@ -20,45 +20,19 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from edge_runtime.interpreter import DelegateUnavailable, Runner, load_runner
-from edge_runtime.manifest import (Manifest, PathLike, Task, Variant,
-                                   VariantFileError, load_manifest, read_variant_file,
-                                   verify_variant_file)
+from edge_runtime.loading import MiB, VariantPool, VariantUnavailable, _Slot  # noqa: F401
+from edge_runtime.manifest import Manifest, PathLike, Task, Variant, load_manifest
 from edge_runtime.monitor import SystemMonitor, cpu_count
 from edge_runtime.policy import (Candidate, Context, Decision, LatencyEstimator, Policy,
-                                 contention, make_policy, pick_threads_key)
+                                 contention, make_policy)
 from edge_runtime.profile import DeviceProfile, load_profile
 
 log = logging.getLogger("edge_runtime")
-MiB = float(2 ** 20)
-
-
-class VariantUnavailable(RuntimeError):
-    """The requested variant cannot serve (failed verification, no Edge TPU, over budget)."""
-
-
-@dataclass
-class _Slot:
-    """One variant: its metadata, its runner when loaded, and its serving statistics."""
-
-    variant: Variant
-    memory_mb: float
-    baseline_ms: Optional[float]
-    runner: Optional[Runner] = None
-    error: Optional[str] = None
-    last_used: float = 0.0
-    calls: int = 0
-    examples: int = 0
-    loads: int = 0
-    load_ms: List[float] = field(default_factory=list)
-    latencies: Deque[float] = field(default_factory=lambda: deque(maxlen=4096))
-    lock: threading.Lock = field(default_factory=threading.Lock)  # guards the stats only
 
 
 def _pct(xs, qs=(50, 90, 99)) -> Dict[str, Optional[float]]:
@@ -66,6 +40,21 @@ def _pct(xs, qs=(50, 90, 99)) -> Dict[str, Optional[float]]:
         return {f"p{q}": None for q in qs}
     arr = np.asarray(xs, dtype=np.float64)
     return {f"p{q}": round(float(np.percentile(arr, q)), 4) for q in qs}
+
+
+def _check_finite(arr: np.ndarray, xf: np.ndarray, single: bool) -> None:
+    """``ValueError`` naming the NaN / infinite values of a float input (after the float32 cast)."""
+    bad = ~np.isfinite(xf)
+    if not bad.any():
+        return
+    n_nan = int(np.isnan(xf).sum())
+    n_inf = int(bad.sum()) - n_nan
+    first = tuple(int(i) for i in np.argwhere(bad)[0])[1 if single else 0:]
+    what = " and ".join(w for w in (f"{n_nan} NaN" if n_nan else "",
+                                    f"{n_inf} infinite" if n_inf else "") if w)
+    why = "" if not np.isfinite(arr).all() else f" (beyond float32's range in the {arr.dtype} input)"
+    raise ValueError(f"input contains {what} value(s){why}, first at index {first}; refusing to "
+                     "serve it (pass allow_nonfinite=True to serve it anyway)")
 
 
 class EdgeSwitcher:
@@ -76,7 +65,9 @@ class EdgeSwitcher:
                  num_threads: Optional[int] = None, latency_budget_ms: Optional[float] = None,
                  monitor: Any = None, profile: Optional[DeviceProfile] = None,
                  learn: bool = True, memory_reserve_mb: float = 32.0,
-                 decision_interval_s: float = 0.01):
+                 decision_interval_s: float = 0.01, safe_load: bool = True,
+                 probe_cache: Any = None, allow_nonfinite: bool = False,
+                 signature: Optional[str] = None):
         if preload not in ("all", "lazy"):
             raise ValueError(f"preload must be 'all' or 'lazy', got {preload!r}")
         if manifest.folder is None:
@@ -87,7 +78,8 @@ class EdgeSwitcher:
         self.profile = profile
         self.num_threads = int(num_threads or min(4, cpu_count()))
         self.preload = preload
-        self.memory_budget_mb = memory_budget_mb
+        self.allow_nonfinite = allow_nonfinite
+        self.signature = signature
         self.memory_reserve_mb = memory_reserve_mb
         # predict() re-runs the policy at most this often (a budget change is seen at once):
         # the CPU signal only refreshes every 0.25 s and the EWMA moves slowly anyway.
@@ -97,12 +89,12 @@ class EdgeSwitcher:
         self.monitor = monitor if monitor is not None else SystemMonitor()
         self._latency_budget_ms: Optional[float] = None
         self.set_budget(latency_budget_ms)
-        self._slots: Dict[str, _Slot] = {}
-        for v in manifest.variants:
-            self._slots[v.id] = _Slot(v, self._memory_guess(v), self._baseline(v))
+        self._pool = VariantPool(manifest, num_threads=self.num_threads, profile=profile,
+                                 memory_budget_mb=memory_budget_mb, safe_load=safe_load,
+                                 probe_cache=probe_cache)
+        self._slots: Dict[str, _Slot] = self._pool.slots
         self.estimator = LatencyEstimator({k: s.baseline_ms for k, s in self._slots.items()},
                                           learn=learn)
-        self._load_lock = threading.RLock()
         self._switch_lock = threading.Lock()
         self._decide_lock = threading.Lock()
         self._tls = threading.local()
@@ -115,13 +107,14 @@ class EdgeSwitcher:
         self._decide_us: Deque[float] = deque(maxlen=4096)
         self._decision_ids = itertools.count(1)  # next() is atomic: no lock for the counter
         self._decisions = 0
-        self._evictions = 0
+        self._failovers = 0
         self._last_decision: Optional[Decision] = None
         self._signals = None
         self._prepare_norm()
-        self._verify_all()
+        self._pool.verify_all()
+        self._pool.probe_all()
         if preload == "all":
-            self._preload()
+            self._pool.preload()
         if not self.available:
             raise VariantUnavailable(
                 f"{manifest.source}: no variant is usable: "
@@ -132,36 +125,35 @@ class EdgeSwitcher:
     @classmethod
     def from_portfolio(cls, path: PathLike, policy: Union[str, Policy, None] = "budget",
                        memory_budget_mb: Optional[float] = None, preload: str = "all",
-                       use_profile: bool = True, **kwargs: Any) -> "EdgeSwitcher":
+                       use_profile: bool = True, public_key: Any = None,
+                       **kwargs: Any) -> "EdgeSwitcher":
         """Load ``path`` (portfolio folder or its manifest.json), verify every file, preload.
 
         A bad manifest (unknown schema_version, missing key, ...) raises ``ManifestError``
         naming it. A missing or tampered variant file, or an Edge TPU variant without the
         delegate, only disables that variant (see ``stats()['variants'][id]['error']``).
+        A file that crashes or breaks the interpreter is found in a child process before this
+        process loads it, and disabled the same way (``safe_load=False`` skips that check;
+        ``probe_cache`` says where verdicts are remembered, see ``edge_runtime.probe``).
+
+        With ``public_key`` (a key file, PEM or base64 bytes, see ``edge_runtime.signature``) the
+        portfolio must be signed by its private key and every file must match the signed
+        manifest, else ``SignatureError`` (a ``ManifestError``) refuses the whole portfolio.
+
         Other keyword arguments: ``num_threads``, ``latency_budget_ms``, ``monitor``,
         ``learn`` (use measured latencies), ``memory_reserve_mb``, ``decision_interval_s``
-        (how often ``predict`` re-runs the policy; 0 = every call).
+        (how often ``predict`` re-runs the policy; 0 = every call), ``allow_nonfinite``
+        (serve inputs holding NaN or infinity instead of refusing them).
         """
-        manifest = load_manifest(path)
+        if public_key is not None:
+            from edge_runtime.signature import load_signed_manifest
+            manifest, key_id = load_signed_manifest(path, public_key)
+            kwargs.setdefault("signature", f"verified (key {key_id})")
+        else:
+            manifest = load_manifest(path)
         profile = load_profile(manifest.folder, manifest) if use_profile else None
         return cls(manifest, policy=policy, memory_budget_mb=memory_budget_mb, preload=preload,
                    profile=profile, **kwargs)
-
-    def _baseline(self, v: Variant) -> Optional[float]:
-        """Expected idle per-example ms: device profile first, then the manifest's host number."""
-        vp = self.profile.variants.get(v.id) if self.profile else None
-        for table in ((vp.latency_ms if vp else {}), v.latency_ms):
-            key = pick_threads_key(table, self.num_threads)
-            if key is not None:
-                return float(table[key])
-        return None
-
-    def _memory_guess(self, v: Variant) -> float:
-        """Memory of a variant before it is loaded: the profile's, else twice the file + 0.25 MiB."""
-        vp = self.profile.variants.get(v.id) if self.profile else None
-        if vp and vp.memory_mb:
-            return float(vp.memory_mb)
-        return 2.0 * v.bytes / MiB + 0.25
 
     def _prepare_norm(self) -> None:
         n = self.task.normalization
@@ -172,33 +164,6 @@ class EdgeSwitcher:
         else:
             self._norm = (np.float32(n.scale), np.asarray(n.mean, dtype=np.float32),
                           np.asarray(n.std, dtype=np.float32))
-
-    def _verify_all(self) -> None:
-        for vid, slot in self._slots.items():
-            try:
-                verify_variant_file(self.folder, slot.variant)
-            except VariantFileError as e:
-                self._mark_broken(slot, str(e))
-
-    def _mark_broken(self, slot: _Slot, message: str) -> None:
-        if slot.error is None:
-            log.warning("disabling variant %s: %s", slot.variant.id, message)
-        slot.error = message
-        slot.runner = None
-
-    def _preload(self) -> None:
-        """Load every usable variant, most accurate first, as far as the memory budget allows."""
-        order = sorted(self._slots.values(), key=lambda s: -(s.variant.accuracy or -1.0))
-        for slot in order:
-            if slot.error:
-                continue
-            if self.memory_budget_mb is not None and (
-                    self._loaded_mb() + slot.memory_mb > self.memory_budget_mb):
-                continue  # stays lazily loadable
-            try:
-                self._ensure_loaded(slot)
-            except VariantUnavailable:
-                pass
 
     def _initial_choice(self) -> None:
         if self._pinned and isinstance(getattr(self.policy, "variant_id", None), str):
@@ -241,6 +206,14 @@ class EdgeSwitcher:
     def pinned(self) -> bool:
         return self._pinned
 
+    @property
+    def memory_budget_mb(self) -> Optional[float]:
+        return self._pool.memory_budget_mb
+
+    @memory_budget_mb.setter
+    def memory_budget_mb(self, value: Optional[float]) -> None:
+        self._pool.memory_budget_mb = value
+
     def set_budget(self, latency_ms: Optional[float] = None, *,
                    memory_mb: Union[float, None, str] = "keep") -> None:
         """Set the latency budget (per example, ms; ``None`` = no limit), effective next call."""
@@ -252,74 +225,19 @@ class EdgeSwitcher:
         self._budget_changed = True
 
     # ----------------------------------------------------------------------------- loading
-    def _loaded_mb(self, exclude: Optional[_Slot] = None) -> float:
-        return sum(s.memory_mb for s in self._slots.values()
-                   if s.runner is not None and s is not exclude)
+    def _loaded_mb(self) -> float:
+        return self._pool.loaded_mb()
 
-    def _ensure_loaded(self, slot: _Slot) -> Runner:
-        """The slot's runner, loading (and verifying, evicting LRU) if needed."""
-        runner = slot.runner
-        if runner is not None:
-            slot.last_used = time.monotonic()
-            return runner
-        with self._load_lock:
-            if slot.runner is not None:
-                return slot.runner
-            v = slot.variant
-            if slot.error:
-                raise VariantUnavailable(slot.error)
-            self._make_room(slot)
-            try:
-                data = read_variant_file(self.folder, v)  # verify the very bytes we load
-                runner = load_runner(data, self.num_threads, edgetpu=v.edgetpu)
-            except (VariantFileError, DelegateUnavailable) as e:
-                self._mark_broken(slot, str(e))
-                raise VariantUnavailable(str(e)) from None
-            except (ValueError, RuntimeError) as e:
-                msg = f"variant {v.id!r}: {self.folder / v.file} failed to load: {e}"
-                self._mark_broken(slot, msg)
-                raise VariantUnavailable(msg) from None
-            if runner.example_shape != self._shape:
-                msg = (f"variant {v.id!r}: model input shape {runner.example_shape} does not "
-                       f"match the manifest's task.input_shape {self._shape}")
-                self._mark_broken(slot, msg)
-                raise VariantUnavailable(msg)
-            if not (self.profile and v.id in self.profile.variants
-                    and self.profile.variants[v.id].memory_mb):
-                slot.memory_mb = runner.memory_bytes / MiB
-            slot.loads += 1
-            slot.load_ms.append(runner.load_ms)
-            slot.last_used = time.monotonic()
-            slot.runner = runner
-            return runner
-
-    def _make_room(self, slot: _Slot) -> None:
-        """Evict least-recently-used runners until ``slot`` fits in the memory budget."""
-        budget = self.memory_budget_mb
-        if budget is None:
-            return
-        if slot.memory_mb > budget:
-            raise VariantUnavailable(
-                f"variant {slot.variant.id!r} needs ~{slot.memory_mb:.2f} MiB, more than the "
-                f"memory budget of {budget:.2f} MiB")
-        while self._loaded_mb(exclude=slot) + slot.memory_mb > budget:
-            loaded = [s for s in self._slots.values() if s.runner is not None and s is not slot]
-            if not loaded:
-                break
-            victim = min(loaded, key=lambda s: s.last_used)
-            victim.runner = None  # an in-flight call keeps its own reference and finishes
-            self._evictions += 1
+    def _ensure_loaded(self, slot: _Slot):
+        return self._pool.ensure_loaded(slot)
 
     def unload(self, variant_id: str) -> None:
         """Drop a variant's interpreter (it is reloaded, and re-verified, when next needed)."""
-        with self._load_lock:
-            self._slot(variant_id).runner = None
+        self._pool.unload(self._slot(variant_id))
 
     def close(self) -> None:
         """Release every interpreter."""
-        with self._load_lock:
-            for s in self._slots.values():
-                s.runner = None
+        self._pool.close()
 
     def __enter__(self) -> "EdgeSwitcher":
         return self
@@ -415,8 +333,8 @@ class EdgeSwitcher:
                 self._decide_lock.release()
 
     # ----------------------------------------------------------------------------- predicting
-    def _prepare(self, x: Any) -> Tuple[np.ndarray, bool]:
-        """Check shape and dtype, add the batch axis, normalise to float32 (always a new array)."""
+    def _prepare(self, x: Any, allow_nonfinite: bool = False) -> Tuple[np.ndarray, bool]:
+        """Check shape, dtype and finiteness, add the batch axis, normalise to float32 (a copy)."""
         arr = np.asarray(x)
         shape = self._shape
         if arr.shape == shape:
@@ -431,7 +349,10 @@ class EdgeSwitcher:
                                       and np.can_cast(arr.dtype, want, casting="same_kind")):
             raise ValueError(f"input has dtype {arr.dtype}; expected {want} with shape {shape} "
                              "(or a batch of them)")
-        xf = arr.astype(np.float32)  # a copy: the caller's array is never modified
+        with np.errstate(over="ignore", invalid="ignore"):   # reported just below
+            xf = arr.astype(np.float32)  # a copy: the caller's array is never modified
+        if arr.dtype.kind == "f" and not allow_nonfinite:
+            _check_finite(arr, xf, single)
         if self._norm is not None:
             scale, mean, std = self._norm
             xf *= scale
@@ -439,29 +360,42 @@ class EdgeSwitcher:
             xf /= std
         return xf, single
 
-    def predict(self, x: Any, return_variant: bool = False) -> Any:
+    def predict(self, x: Any, return_variant: bool = False, *,
+                allow_nonfinite: Optional[bool] = None) -> Any:
         """Class scores for one example ``input_shape`` or a batch ``(N, *input_shape)``.
 
         Applies the manifest's normalisation (and int8 quantisation if the variant needs it);
         returns float32 ``(num_classes,)`` or ``(N, num_classes)``, plus the id of the variant
-        that served the call if ``return_variant``. Wrong shape or dtype: ``ValueError``.
+        that served the call if ``return_variant``. Wrong shape or dtype: ``ValueError``; so is
+        an input holding NaN or infinity unless ``allow_nonfinite`` (this call) or the
+        switcher's ``allow_nonfinite`` says to serve it.
+
+        A variant that fails to load or whose ``invoke`` fails is disabled (the reason is in
+        ``stats()``, the failure counted) and the call is served by the next variant the policy
+        picks (``stats()['failovers']``); a variant pinned with ``switch_to`` raises
+        ``VariantUnavailable`` instead.
         """
-        batch, single = self._prepare(x)
+        allow = self.allow_nonfinite if allow_nonfinite is None else allow_nonfinite
+        batch, single = self._prepare(x, allow)
         if not self._pinned:
             self._auto_decide()
+        failed = False
         for _ in range(len(self._slots) + 1):
             vid = self._active
             slot = self._slots[vid]
             try:
                 runner = self._ensure_loaded(slot)
+                y, ms = self._run(slot, runner, batch)
             except VariantUnavailable:
                 if self._pinned:
                     raise
                 self.decide(force=True)
                 if self._active == vid:
                     raise
+                failed = True
                 continue
-            y, ms = runner.run(batch)
+            if failed:
+                self._failovers += 1
             n = batch.shape[0]
             per = ms / n
             with slot.lock:
@@ -473,6 +407,16 @@ class EdgeSwitcher:
             out = y[0] if single else y
             return (out, vid) if return_variant else out
         raise VariantUnavailable("no variant could serve the call")  # pragma: no cover
+
+    def _run(self, slot: _Slot, runner: Any, batch: np.ndarray) -> Tuple[np.ndarray, float]:
+        """One call into a runner; a failing ``invoke`` disables the variant."""
+        try:
+            return runner.run(batch)
+        except Exception as e:  # the runtime's RuntimeError/ValueError, or worse
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            msg = (f"variant {slot.variant.id!r}: invoke failed: {type(e).__name__}: {first}")
+            self._pool.mark_broken(slot, msg, failure=True)
+            raise VariantUnavailable(msg) from None
 
     def classify(self, x: Any) -> Union[str, List[str]]:
         """Label(s) of the top class, from the manifest's labels (index as text if none)."""
@@ -500,7 +444,7 @@ class EdgeSwitcher:
                 "loaded": s.runner is not None, "loads": s.loads,
                 "load_ms": round(float(np.median(s.load_ms)), 3) if s.load_ms else None,
                 "memory_mb": round(s.memory_mb, 3),
-                "error": s.error,
+                "error": s.error, "failures": s.failures,
             }
         d = self._last_decision
         return {
@@ -514,7 +458,10 @@ class EdgeSwitcher:
                          "time_us": _pct(list(self._switch_us))},
             "decisions": {"count": self._decisions, "time_us": _pct(list(self._decide_us)),
                           "last": d.reason if d else None},
-            "evictions": self._evictions,
+            "evictions": self._pool.evictions,
+            "failovers": self._failovers,
+            "probe": dict(self._pool.probe_stats),
+            "signature": self.signature,
             "loaded_mb": round(self._loaded_mb(), 3),
             "variants": variants,
         }

@@ -4,6 +4,7 @@ The portfolio under fixtures/ is made by tools/make_edge_fixtures.py; reference 
 were computed with TensorFlow's own TFLite interpreter.
 """
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,6 +19,19 @@ if str(ROOT) not in sys.path:  # works before `pip install -e .` too
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PORTFOLIO = FIXTURES / "portfolio"
 IDS = ["L00-dense-fp32", "L02-pruned-fp32", "L04-pruned-fp32", "L04-pruned-int8"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def probe_cache_dir(tmp_path_factory) -> Path:
+    """Verdicts of the isolated file checks go to a session folder, not the user's cache."""
+    d = tmp_path_factory.mktemp("edge-cache")
+    old = os.environ.get("EDGE_RUNTIME_CACHE")
+    os.environ["EDGE_RUNTIME_CACHE"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("EDGE_RUNTIME_CACHE", None)
+    else:
+        os.environ["EDGE_RUNTIME_CACHE"] = old
 
 
 @pytest.fixture(scope="session")
