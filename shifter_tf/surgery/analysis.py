@@ -1,14 +1,13 @@
 """Decide which channel groups go.
 
-1. Constants (one forward pass): a channel position is *constant* when it holds the same value
-   at every spatial location for every input, e.g. act(bias) of an all-zero filter, or a filter
-   that only reads constant channels. Values are pushed through activations, BN, pooling, Add...
+1. Constants (`constants.propagate_constants`, one forward pass): which channel positions hold
+   the same value everywhere (act(bias) of an all-zero filter, ...).
 2. Removal (fixpoint): a group can go when nothing that stays reads it, except reads of
    constant positions whose effect can be folded into the reader's bias. Reads are recomputed
    until no more groups die (a removed filter may leave its inputs unread).
 
 Everything is vectorised per layer ("does filter o read input i" as a dense matrix or as index
-pairs when sparse); there is no Python loop over channels.
+pairs when sparse, `readers.ReadPattern`); there is no Python loop over channels.
 """
 from __future__ import annotations
 
@@ -20,101 +19,12 @@ import shifter_tf  # noqa: F401
 import tf_keras as keras
 
 from shifter_tf.surgery import layers as K
-from shifter_tf.surgery.fold import OUT_SCALE, kernel_names
+from shifter_tf.surgery.constants import propagate_constants
 from shifter_tf.surgery.graph import DependencyGraph
+from shifter_tf.surgery.readers import ReadPattern, make_reader
 
 L = keras.layers
 POLICIES = ("keep", "fold")
-
-
-class ReadPattern:
-    """Which filter o reads (has a non-zero weight on) which input channel i.
-
-    Dense float32 matrix-vector products when many pairs are non-zero, index pairs when few:
-    at 99 % sparsity the pairs are ~100x cheaper than scanning the (in x out) matrix."""
-
-    SPARSE_BELOW = 0.1  # fraction of non-zero (i, o) pairs under which pairs are used
-
-    def __init__(self, nz: np.ndarray):
-        self.shape = nz.shape
-        if np.count_nonzero(nz) < self.SPARSE_BELOW * nz.size:
-            self.rows, self.cols = np.divmod(np.flatnonzero(nz), nz.shape[1])  # 10x np.nonzero
-            self.dense = None
-        else:
-            self.dense = nz.astype(np.float32)
-
-    def inputs_read_by(self, outputs: np.ndarray) -> np.ndarray:
-        """bool (in,): input channels read by at least one of the selected filters."""
-        if self.dense is not None:
-            return (self.dense @ outputs.astype(np.float32)) > 0
-        read = np.zeros(self.shape[0], bool)
-        read[self.rows[outputs[self.cols]]] = True
-        return read
-
-    def outputs_reading(self, inputs: np.ndarray) -> np.ndarray:
-        """bool (out,): filters reading at least one of the selected input channels."""
-        if self.dense is not None:
-            return (inputs.astype(np.float32) @ self.dense) > 0
-        hit = np.zeros(self.shape[1], bool)
-        hit[self.cols[inputs[self.rows]]] = True
-        return hit
-
-
-@dataclass
-class Reader:
-    """A producer layer seen as a reader of its input channels."""
-    pattern: ReadPattern      # which filter reads which input
-    bias: np.ndarray          # (out,) float64 (zeros when the layer has none)
-    filter_zero: np.ndarray   # (out,) bool, the filter is all zero
-    act: object
-    _w: dict
-    _layer: object
-    _ksum: np.ndarray | None = None
-
-    def ksum(self) -> np.ndarray:
-        """(in, out) kernel summed over space: the bias change per unit of constant input."""
-        if self._ksum is None:
-            self._ksum = _kernel_sum(self._layer, self._w)
-        return self._ksum
-
-    def fold(self, c: np.ndarray) -> np.ndarray:
-        """Bias change (out,) caused by constant inputs c (0 where not constant)."""
-        k = self.ksum()
-        return (c.astype(k.dtype) @ k).astype(np.float64)
-
-
-def _kernel_sum(layer, w: dict) -> np.ndarray:
-    t = type(layer)
-    if t in (L.SeparableConv1D, L.SeparableConv2D):
-        dw, pw = w["depthwise_kernel"], w["pointwise_kernel"]
-        cin, mult = dw.shape[-2], dw.shape[-1]
-        dws = dw.reshape(-1, cin, mult).sum(0)
-        ksum = np.einsum("im,imo->io", dws, pw.reshape(cin, mult, -1))
-    else:
-        kernel = w["kernel"]
-        ksum = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(0)
-    scale = w.get(OUT_SCALE)
-    return ksum * scale.astype(ksum.dtype) if scale is not None else ksum
-
-
-def make_reader(layer, w: dict) -> Reader:
-    """Zero pattern and bias of a PRODUCER layer's (possibly BN-folded) weights."""
-    t = type(layer)
-    if t in (L.SeparableConv1D, L.SeparableConv2D):
-        dw, pw = w["depthwise_kernel"], w["pointwise_kernel"]
-        cin, mult = dw.shape[-2], dw.shape[-1]
-        dwnz = dw.reshape(-1, cin, mult).any(0)
-        nz = (dwnz[:, :, None] & (pw.reshape(cin, mult, -1) != 0)).any(1)
-    else:
-        kernel = w["kernel"]
-        nz = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).any(0)
-    scale = w.get(OUT_SCALE)
-    if scale is not None:
-        nz = nz & (scale != 0)
-    _, bname = kernel_names(layer)
-    out = nz.shape[1]
-    bias = w[bname].astype(np.float64) if bname in w else np.zeros(out)
-    return Reader(ReadPattern(nz), bias, ~nz.any(0), layer.activation, w, layer)
 
 
 @dataclass
@@ -131,157 +41,6 @@ class Plan:
     readers: dict                       # producer call index -> Reader
     passes: int = 0
 
-
-def _dw_sum_and_zero(w: dict):
-    """Per output channel of a depthwise kernel: spatial sum and "all zero" (BN scale applied)."""
-    dw = w["depthwise_kernel"]
-    flat = dw.reshape(-1, dw.shape[-2] * dw.shape[-1])
-    dsum, zero = flat.sum(0, dtype=np.float64), ~flat.any(0)
-    scale = w.get(OUT_SCALE)
-    if scale is not None:
-        dsum, zero = dsum * scale, zero | (scale == 0)
-    return dsum, zero
-
-
-def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, policy: str):
-    """Forward pass: per tensor, the constant value of each channel (NaN if not constant) and
-    whether that value only holds away from zero-padded borders (policy 'fold' only)."""
-    ir = graph.ir
-    const: list = [None] * len(ir.tensors)
-    approx: list = [None] * len(ir.tensors)
-    fold_all = policy == "fold"
-    for call in ir.calls:
-        kind = graph.kinds[call.index].kind
-        if kind in (K.INPUT, K.FROZEN, K.OPAQUE):
-            continue
-        out_t = call.outputs[0]
-        cin = const[call.inputs[0]] if call.inputs else None
-        ain = approx[call.inputs[0]] if call.inputs else None
-        layer = call.layer
-        if kind in (K.PRODUCER, K.DEPTHWISE) and not K.elementwise_activation(layer):
-            continue  # softmax & co.: no per-channel constant (and the outputs are frozen)
-        if kind == K.PRODUCER:
-            r = readers[call.index]
-            shape_in, shape_out = ir.tensors[call.inputs[0]].shape, ir.tensors[out_t].shape
-            exact_pad = K.padding_exact(layer, shape_in, shape_out)
-            if cin is None:
-                if r.filter_zero.any():
-                    c = np.full(len(r.bias), np.nan)
-                    c[r.filter_zero] = K.apply_activation(r.act, r.bias[r.filter_zero])
-                    const[out_t] = c
-                continue
-            known = ~np.isnan(cin)
-            inexact_in = known & (cin != 0) & (not exact_pad)
-            unknown = ~known if fold_all else (~known | inexact_in)
-            live = r.pattern.outputs_reading(unknown)
-            cand = ~live
-            if not cand.any():
-                continue
-            pre = r.bias.copy()
-            if (known & (cin != 0)).any():
-                pre += r.fold(np.where(known, cin, 0.0))
-            c = np.full(len(r.bias), np.nan)
-            c[cand] = K.apply_activation(r.act, pre[cand])
-            const[out_t] = c
-            apx_in = inexact_in if ain is None else (ain | inexact_in)
-            if fold_all and apx_in.any():
-                approx[out_t] = cand & r.pattern.outputs_reading(apx_in)
-        elif kind == K.DEPTHWISE:
-            w = weights[id(layer)]
-            dsum, fz = _dw_sum_and_zero(w)
-            bias = w["bias"].astype(np.float64) if "bias" in w else np.zeros(len(dsum))
-            mult = len(dsum) // ir.tensors[call.inputs[0]].channels
-            c = np.full(len(dsum), np.nan)
-            c[fz] = bias[fz]
-            if cin is not None:
-                cr = np.repeat(cin, mult)
-                known = ~np.isnan(cr)
-                exact_pad = K.padding_exact(layer, ir.tensors[call.inputs[0]].shape,
-                                            ir.tensors[out_t].shape)
-                inexact = known & (cr != 0) & (not exact_pad)
-                ok = ~fz & known & (fold_all | ~inexact)
-                c[ok] = cr[ok] * dsum[ok] + bias[ok]
-                apx = ok & (inexact | (np.repeat(ain, mult) if ain is not None else False))
-                if apx.any():
-                    approx[out_t] = apx
-            if not np.isnan(c).all():
-                known = ~np.isnan(c)
-                c[known] = K.apply_activation(layer.activation, c[known])
-                const[out_t] = c
-        elif kind in (K.CHANNELWISE, K.FOLDED):
-            if kind == K.FOLDED:
-                const[out_t], approx[out_t] = cin, ain
-                continue
-            if cin is None and type(layer) is not L.BatchNormalization:
-                continue
-            n = ir.tensors[out_t].channels
-            cc = cin if cin is not None else np.full(n, np.nan)
-            known = ~np.isnan(cc)
-            c = np.full(n, np.nan)
-            val, exact = K.channelwise_constant(layer, cc, weights.get(id(layer), {}))
-            if type(layer) is L.BatchNormalization:
-                c = val
-            else:
-                c[known] = val[known] if np.ndim(val) else val
-            a = ain.copy() if ain is not None else np.zeros(n, bool)
-            if not exact.all():
-                if fold_all:
-                    a |= ~exact & ~np.isnan(c)
-                else:
-                    c[~exact] = np.nan
-            if not np.isnan(c).all():
-                const[out_t] = c
-                approx[out_t] = a if a.any() else None
-        elif kind == K.FLATTEN:
-            reps = int(np.prod(ir.tensors[call.inputs[0]].shape[1:-1]))
-            const[out_t] = np.tile(cin, reps) if cin is not None else None
-            approx[out_t] = np.tile(ain, reps) if ain is not None else None
-        elif kind == K.MERGE:
-            const[out_t], approx[out_t] = _merge_constants(
-                layer, [const[t] for t in call.inputs], [approx[t] for t in call.inputs],
-                ir.tensors[out_t].channels)
-        elif kind == K.CONCAT:
-            rank = len(ir.tensors[out_t].shape)
-            parts = [const[t] if const[t] is not None else np.full(ir.tensors[t].channels, np.nan)
-                     for t in call.inputs]
-            aparts = [approx[t] if approx[t] is not None else np.zeros(ir.tensors[t].channels, bool)
-                      for t in call.inputs]
-            if K.concat_axis(layer, rank) == rank - 1:
-                c, a = np.concatenate(parts), np.concatenate(aparts)
-            else:  # along space: constant only where every part has the same constant
-                c = parts[0].copy()
-                for p in parts[1:]:
-                    c[~(p == c)] = np.nan
-                a = np.logical_or.reduce(aparts)
-            if not np.isnan(c).all():
-                const[out_t], approx[out_t] = c, (a if a.any() else None)
-    return const, approx
-
-
-def _merge_constants(layer, consts: list, approxs: list, n: int):
-    t = type(layer)
-    full = [c if c is not None else np.full(n, np.nan) for c in consts]
-    if t is L.Multiply:
-        out = np.prod(full, axis=0)
-        zero = np.logical_or.reduce([c == 0 for c in full])
-        out[zero] = 0.0  # 0 times anything finite is 0, constant or not
-    elif all(c is None for c in consts):
-        return None, None
-    elif t is L.Add:
-        out = np.sum(full, axis=0)
-    elif t is L.Subtract:
-        out = full[0] - full[1]
-    elif t is L.Average:
-        out = np.mean(full, axis=0)
-    elif t is L.Maximum:
-        out = np.max(full, axis=0)
-    else:
-        out = np.min(full, axis=0)
-    if np.isnan(out).all():
-        return None, None
-    apx = [a for a in approxs if a is not None]
-    a = np.logical_or.reduce(apx) & ~np.isnan(out) if apx else None
-    return out, (a if a is not None and a.any() else None)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import shifter_tf  # noqa: F401
 import tf_keras as keras
 
 from shifter_tf.surgery import layers as K
+from shifter_tf.surgery import tfops
 from shifter_tf.surgery.analysis import analyse
 from shifter_tf.surgery.fold import fold_batchnorm_calls
 from shifter_tf.surgery.graph import DependencyGraph
@@ -27,7 +28,10 @@ def classify_calls(ir: ModelIR) -> list:
     for call in ir.calls:
         ins = [ir.tensors[t].shape for t in call.inputs]
         outs = [ir.tensors[t].shape for t in call.outputs]
-        kind = K.classify(call.layer, ins, outs)
+        if tfops.is_tfop(call.layer) and call.node is not None:
+            kind = tfops.classify(call, ins, outs)
+        else:
+            kind = K.classify(call.layer, ins, outs)
         single = kind.kind in (K.PRODUCER, K.DEPTHWISE, K.CHANNELWISE, K.FLATTEN)
         if single and (len(ins) != 1 or len(outs) != 1):
             kind = K.Kind(K.FROZEN, "called on several tensors")

@@ -99,6 +99,12 @@ class DependencyGraph:
                     union(ins[0], shared_ins[0])
                 else:
                     raw[call.outputs[0]] = fresh(outs[0].channels)
+                    groups = getattr(call.layer, "groups", 1)
+                    if groups > 1:  # a conv group's inputs and filters go together or stay
+                        out_ids = raw[call.outputs[0]]
+                        reps = out_ids[::len(out_ids) // groups]
+                        union(ins[0], np.repeat(reps, len(ins[0]) // groups))
+                        union(out_ids, np.repeat(reps, len(out_ids) // groups))
                 if not K.elementwise_activation(call.layer):
                     freeze(raw[call.outputs[0]], f"{call.name}: activation mixes channels")
             elif k == K.DEPTHWISE:
@@ -116,9 +122,14 @@ class DependencyGraph:
                 spatial = int(np.prod(ir.tensors[call.inputs[0]].shape[1:-1]))
                 raw[call.outputs[0]] = np.tile(ins[0], spatial)
             elif k == K.MERGE:
-                for other in ins[1:]:
-                    union(ins[0], other)
-                raw[call.outputs[0]] = ins[0]
+                n = outs[0].channels
+                full = [ids for ids in ins if len(ids) == n]
+                for ids in ins:
+                    if len(ids) != n:   # one channel broadcast over all: read by every channel
+                        freeze(ids, f"{call.name}: broadcast over channels")
+                for other in full[1:]:
+                    union(full[0], other)
+                raw[call.outputs[0]] = full[0]
             elif k == K.CONCAT:
                 rank = len(outs[0].shape)
                 if K.concat_axis(call.layer, rank) == rank - 1:

@@ -95,9 +95,7 @@ def classify(layer, in_shapes: list, out_shapes: list) -> Kind:
     if not _channels_last(layer):
         return Kind(FROZEN, "channels_first data format")
     if t in _CONV:
-        if layer.groups != 1:
-            return Kind(FROZEN, "grouped convolution")
-        return Kind(PRODUCER)
+        return Kind(PRODUCER)  # groups > 1: whole conv groups go together (graph, rebuild)
     if t is L.Dense or t in _SEPARABLE:
         return Kind(PRODUCER)
     if t in _DEPTHWISE:
@@ -122,22 +120,54 @@ def classify(layer, in_shapes: list, out_shapes: list) -> Kind:
             or t in _RESHAPE_SPATIAL or t in _ZERO_PAD:
         return Kind(CHANNELWISE)
     if t is L.Rescaling:
-        if np.ndim(layer.scale) == 0 and np.ndim(layer.offset) == 0:
+        c = in_shapes[0][-1]
+        if all(_per_channel(v, c) for v in (layer.scale, layer.offset)):
             return Kind(CHANNELWISE)
-        return Kind(FROZEN, "per-channel Rescaling")
+        return Kind(FROZEN, "Rescaling with constants that vary over space")
+    if t is L.Normalization:
+        rank = len(in_shapes[0])
+        axes = sorted(a % rank for a in layer.axis)
+        if axes in ([], [rank - 1]):
+            return Kind(CHANNELWISE)
+        return Kind(FROZEN, "Normalization over a non-channel axis")
+    if t is L.Reshape:
+        if unit_axes_reshape(in_shapes[0], out_shapes[0]):
+            return Kind(CHANNELWISE)
+        return Kind(FROZEN, "Reshape that moves channels (only unit axes may change)")
     if t is L.Flatten:
         if any(d is None for d in in_shapes[0][1:]):
             return Kind(FROZEN, "Flatten of a dynamic shape")
         return Kind(FLATTEN)
     if t in _MERGES:
-        chans = {s[-1] for s in in_shapes}
-        ranks = {len(s) for s in in_shapes}
-        if len(chans) != 1 or len(ranks) != 1:
-            return Kind(FROZEN, "broadcasting merge")
-        return Kind(MERGE)
+        return broadcast_kind(in_shapes, out_shapes[0])
     if t is L.Concatenate:
         return Kind(CONCAT)
     return Kind(FROZEN, f"{t.__name__} has no per-channel rule")
+
+
+def unit_axes_reshape(in_shape: tuple, out_shape: tuple) -> bool:
+    """True for a Reshape that only adds or drops unit axes and keeps the channel axis last,
+    e.g. (B, C) -> (B, 1, 1, C) in a squeeze-excite block."""
+    a, b = list(in_shape[1:]), list(out_shape[1:])
+    if not a or not b or None in a + b or a[-1] != b[-1]:
+        return False
+    return [d for d in a if d != 1] == [d for d in b if d != 1]
+
+
+def _per_channel(value, channels) -> bool:
+    """A constant that is a scalar or varies only along the (last) channel axis."""
+    shape = np.shape(value)
+    return all(d == 1 for d in shape[:-1]) and (not shape or shape[-1] in (1, channels))
+
+
+def broadcast_kind(in_shapes: list, out_shape: tuple) -> Kind:
+    """MERGE when every input has the output's channels or broadcasts a single channel
+    (a squeeze-excite gate (B, 1, 1, C) scaling (B, H, W, C) shares the channel index)."""
+    n = out_shape[-1]
+    chans = [s[-1] for s in in_shapes]
+    if any(c not in (n, 1) for c in chans) or n not in chans:
+        return Kind(FROZEN, "merge whose inputs do not share the channel axis")
+    return Kind(MERGE)
 
 
 def concat_axis(layer, rank: int) -> int:
@@ -204,13 +234,28 @@ def channelwise_constant(layer, c: np.ndarray, weights: dict) -> tuple[np.ndarra
         y = np.where(c >= 0, c, alpha[0] * c)
         return np.where(uniform | (c >= 0), y, np.nan), exact
     if t is L.Rescaling:
-        return c * float(layer.scale) + float(layer.offset), exact
+        scale = np.asarray(layer.scale, np.float64).reshape(-1)
+        offset = np.asarray(layer.offset, np.float64).reshape(-1)
+        return c * scale + offset, exact
+    if t is L.Normalization:
+        mean, var = normalization_stats(layer, weights, len(c))
+        std = np.maximum(np.sqrt(var), keras.backend.epsilon())
+        return (mean + c * std if layer.invert else (c - mean) / std), exact
     if t in _ZERO_PAD:
         # The padded border is 0, the interior c: constant only when c == 0.
         return c, (c == 0) | np.isnan(c)
     # Dropout & co. (identity at inference), pooling (TF's 'same' max/avg pooling ignore the
     # padding), global pooling, cropping, up-sampling: a constant stays the same constant.
     return c, exact
+
+
+def normalization_stats(layer, weights: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, variance) of a Normalization layer as float64 vectors of the n channels."""
+    if "mean" in weights:
+        mean, var = weights["mean"], weights["variance"]
+    else:
+        mean, var = layer.input_mean, layer.input_variance
+    return tuple(np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (n,)) for v in (mean, var))
 
 
 def bn_affine(layer, weights: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from shifter_tf.surgery import layers as K
+from shifter_tf.surgery import tfops
 from shifter_tf.surgery.fold import OUT_SCALE, kernel_names, scaled_kernel
 from shifter_tf.surgery.ir import ModelIR, SurgeryError, replay_arguments
 
@@ -47,7 +48,7 @@ def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict)
         kname, bname = kernel_names(layer)
         scale = w.get(OUT_SCALE)
         scale = _take(scale, out_idx, 0) if scale is not None else None
-        values = {}
+        values, changes = {}, {}
         if kname == "pointwise_kernel":
             dw, pw = w["depthwise_kernel"], w["pointwise_kernel"]
             mult = dw.shape[-1]
@@ -58,6 +59,10 @@ def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict)
             values["pointwise_kernel"] = scaled_kernel(_take(pw, out_idx, -1), scale)
         else:
             kernel = w["kernel"]
+            groups = getattr(layer, "groups", 1)
+            if groups > 1:  # whole conv groups: the per-group input axis is not sliced
+                changes["groups"] = _kept_groups(call, keep, groups)
+                in_idx = slice(None)
             sliced = _take2(kernel, in_idx, out_idx)
             values["kernel"] = scaled_kernel(sliced, scale, inplace=sliced is not kernel)
         delta = bias_delta.get(call.index)
@@ -70,7 +75,8 @@ def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict)
             values[bname] = _take(bias, out_idx, 0).astype(values.get("kernel", values.get(
                 "pointwise_kernel")).dtype)
         key = "units" if type(layer) is L.Dense else "filters"
-        return {key: int(values[kname].shape[-1]), "use_bias": bool(use_bias)}, values
+        changes.update({key: int(values[kname].shape[-1]), "use_bias": bool(use_bias)})
+        return changes, values
     if kind == K.DEPTHWISE:
         in_idx = _index(keep[call.inputs[0]])
         out_idx = _index(keep[call.outputs[0]])
@@ -81,10 +87,42 @@ def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict)
         if "bias" in w:
             values["bias"] = _take(w["bias"], out_idx, 0)
         return {"use_bias": "bias" in w}, values
-    if kind == K.CHANNELWISE and w:
-        idx = _index(keep[call.inputs[0]])
-        return {}, {name: _take(a, idx, -1) for name, a in w.items()}
+    if kind == K.CHANNELWISE:
+        mask = keep[call.inputs[0]]
+        idx = _index(mask)
+        n = len(mask) if mask is not None else None
+        values = {name: _take(a, idx, -1) if np.ndim(a) and a.shape[-1] == n else a
+                  for name, a in w.items()}
+        return channel_config(layer, idx, n), values
     return {}, {k: v for k, v in w.items() if k != OUT_SCALE}
+
+
+def _kept_groups(call, keep: list, groups: int) -> int:
+    """Conv groups left; the graph ties a group's inputs and filters, so the counts agree."""
+    kin, kout = keep[call.inputs[0]], keep[call.outputs[0]]
+    n_out = groups if kout is None else int(kout.sum()) * groups // len(kout)
+    n_in = groups if kin is None else int(kin.sum()) * groups // len(kin)
+    if n_in != n_out:
+        raise SurgeryError(f"internal: {call.name} keeps {n_in} input and {n_out} output groups")
+    return n_out
+
+
+def channel_config(layer, idx, n) -> dict:
+    """Config changes of a per-channel layer that keeps channels `idx` of n."""
+    if isinstance(idx, slice):
+        return {}
+    t = type(layer)
+    if t is L.Reshape:
+        shape = list(layer.target_shape)
+        return {} if shape[-1] == -1 else {"target_shape": tuple(shape[:-1]) + (len(idx),)}
+    names = {L.Rescaling: ("scale", "offset"), L.Normalization: ("mean", "variance")}.get(t, ())
+    cfg = layer.get_config() if names else {}
+    changes = {}
+    for name in names:
+        v = cfg.get(name)
+        if v is not None and np.ndim(v) and np.shape(v)[-1] == n and n > 1:
+            changes[name] = np.take(np.asarray(v), idx, axis=-1).tolist()
+    return changes
 
 
 class _Given:
@@ -186,7 +224,12 @@ def rebuild(ir: ModelIR, kinds: list, keep: list, bias_delta: dict, weights: dic
                 if values:
                     build_with_values(layer, args[0] if args else kwargs.get("inputs"), values)
                 new_layers[id(call.layer)] = layer
-            out = call_symbolic(layer, args, kwargs)
+            if tfops.is_tfop(layer):   # per-channel constants among the arguments
+                args, kwargs = tfops.sliced_arguments(
+                    args, kwargs, ir.tensors[call.outputs[0]].channels, keep[call.outputs[0]])
+                out = layer(*args, **kwargs)
+            else:
+                out = call_symbolic(layer, args, kwargs)
         for t, kt in zip(call.outputs, tf.nest.flatten(out)):
             expect = list(ir.tensors[t].shape)
             if keep[t] is not None:

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from shifter_tf.surgery import layers as K
-from shifter_tf.surgery.analysis import Plan, _dw_sum_and_zero
+from shifter_tf.surgery.analysis import Plan
+from shifter_tf.surgery.constants import dw_sum_and_zero
 from shifter_tf.surgery.graph import DependencyGraph
 from shifter_tf.surgery.metrics import layer_macs
 from shifter_tf.surgery.verify import Verification
@@ -169,7 +170,7 @@ def layer_reports(graph: DependencyGraph, plan: Plan, folded: dict, weights: dic
             if kind.kind == K.PRODUCER:
                 zero = plan.readers[call.index].filter_zero
             else:
-                zero = _dw_sum_and_zero(weights[id(call.layer)])[1]
+                zero = dw_sum_and_zero(weights[id(call.layer)])[1]
             c = plan.const[t_out.index]
             const = ~np.isnan(c) if c is not None else np.zeros(len(gone), bool)
             masks = {"zero_filter": gone & zero, "constant": gone & ~zero & const,
