@@ -149,7 +149,8 @@ def layer_reports(graph: DependencyGraph, plan: Plan, folded: dict, weights: dic
         shape_out_after = _resize(t_out.shape, keep_out)
         if t_in is not None:
             rec.macs_before += layer_macs(call.layer, t_in.shape, t_out.shape)
-            rec.macs_after += layer_macs(call.layer, shape_in_after, shape_out_after)
+            rec.macs_after += layer_macs(new_layers.get(id(call.layer), call.layer),
+                                         shape_in_after, shape_out_after)
         if not first:
             continue
         if t_in is not None:
