@@ -1,11 +1,15 @@
 """``edge-switcher``: inspect, calibrate, run and demo a portfolio on the device.
 
-    edge-switcher info  PORTFOLIO               manifest summary and file verification
+    edge-switcher info   PORTFOLIO              manifest summary, file and signature status
+    edge-switcher verify PORTFOLIO              load and run every variant in isolation
     edge-switcher bench PORTFOLIO               measure every variant here, write device_profile.json
     edge-switcher run   PORTFOLIO --input x.npy [--budget-ms N] [--variant ID]
     edge-switcher demo  PORTFOLIO               replay changing budgets and CPU load
 
-Errors (bad portfolio, bad input) print one line to stderr and exit non-zero, no traceback.
+Every command takes ``--public-key KEY.pub``: the portfolio must then be signed by that key
+(``shifter-tf keygen`` / ``export --private-key``) and match its signed manifest, else it is
+refused. Errors (bad portfolio, bad input) print one line to stderr and exit non-zero, no
+traceback.
 """
 from __future__ import annotations
 
@@ -39,11 +43,23 @@ def _table(rows: List[List[str]], header: List[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------- commands
+def _manifest(args: argparse.Namespace) -> Any:
+    """The portfolio's manifest; signed and fully checked against it with --public-key."""
+    if args.public_key:
+        from edge_runtime.signature import load_signed_manifest
+        return load_signed_manifest(args.portfolio, args.public_key)[0]
+    from edge_runtime.manifest import load_manifest
+    return load_manifest(args.portfolio)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from edge_runtime.manifest import VariantFileError, load_manifest, verify_variant_file
+    from edge_runtime.probe import open_cache
     from edge_runtime.profile import load_profile
+    from edge_runtime.signature import describe
 
     m = load_manifest(args.portfolio)
+    signature = describe(args.portfolio, args.public_key)
     profile = load_profile(m.folder, m)
     t = m.task
     norm = t.normalization
@@ -54,8 +70,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"generator  {m.generator or '-'}  created {m.created or '-'}  "
           f"schema_version {m.schema_version}")
     print(f"profile    {profile.source + ' (' + profile.backend + ')' if profile else 'none'}")
+    print(f"signature  {signature}")
+    cache = open_cache()
     rows, bad = [], []
     for v in m.variants:
+        verdict = cache.get(v.sha256)    # what an earlier start or verify saw; nothing is loaded
+        loads = "?" if verdict is None else "yes" if verdict.ok else "NO"
+        if verdict is not None and not verdict.ok and verdict.definite:
+            bad.append(f"variant {v.id!r}: {verdict.reason}")
         try:
             verify_variant_file(m.folder, v)
             status = "ok"
@@ -66,20 +88,35 @@ def cmd_info(args: argparse.Namespace) -> int:
         rows.append([v.id, v.kind, v.precision, str(v.level), f"{v.density:.3f}",
                      f"{v.bytes / 1024:.1f}", _fmt(v.accuracy, ".4f"),
                      _fmt(v.latency_ms.get("1")), _fmt(dev),
-                     "tpu" if v.edgetpu else "cpu", status])
+                     "tpu" if v.edgetpu else "cpu", loads, status])
     print()
     print(_table(rows, ["id", "kind", "prec", "lvl", "density", "KB", "acc", "host ms@1",
-                        "device ms@1", "dev", "file"]))
+                        "device ms@1", "dev", "loads", "file"]))
+    if any(r[-2] == "?" for r in rows):
+        print("loads: ? = not checked on this device yet (edge-switcher verify checks it)")
     for msg in bad:
         print(f"edge-switcher: {msg}", file=sys.stderr)
     return 1 if bad else 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from edge_runtime.verify import verify_portfolio
+
+    rep = verify_portfolio(args.portfolio, args.public_key, timeout_s=args.timeout)
+    m = rep.manifest
+    print(f"portfolio  {m.folder}: {len(m.variants)} variants, signature {rep.signature}")
+    print(_table(rep.rows, ["id", "prec", "input", "output", "status"]))
+    for msg in rep.problems:
+        print(f"edge-switcher: {' '.join(msg.split())}", file=sys.stderr)
+    bad = sum(1 for r in rep.rows if r[-1] != "ok")
+    print(f"{len(m.variants) - bad} of {len(m.variants)} variants usable")
+    return 1 if rep.problems else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge_runtime.manifest import load_manifest
     from edge_runtime.profile import bench_portfolio, profile_path
 
-    m = load_manifest(args.portfolio)
+    m = _manifest(args)
     threads = [int(t) for t in args.threads.split(",")] if args.threads else None
     doc = bench_portfolio(m.folder, m, threads=threads, runs=args.runs, warmup=args.warmup,
                           write=not args.no_write,
@@ -114,7 +151,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     x = _load_input(args.input)
     sw = EdgeSwitcher.from_portfolio(args.portfolio, num_threads=args.threads,
-                                     latency_budget_ms=args.budget_ms)
+                                     latency_budget_ms=args.budget_ms,
+                                     public_key=args.public_key,
+                                     allow_nonfinite=args.allow_nonfinite)
     if args.variant:
         sw.switch_to(args.variant)
     y, vid = sw.predict(x, return_variant=True)
@@ -156,7 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     monitor = None if args.real else StaticMonitor(cpu_busy_other=0.0)
     sw = EdgeSwitcher.from_portfolio(args.portfolio, num_threads=args.threads, monitor=monitor,
-                                     learn=args.real)
+                                     learn=args.real, public_key=args.public_key)
     shape, dtype = sw.task.input_shape, np.dtype(sw.task.input_dtype)
     if args.input:
         x = _load_input(args.input)
@@ -205,9 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    s = sub.add_parser("info", help="manifest summary and file verification")
+    s = sub.add_parser("info", help="manifest summary, file and signature status")
     s.add_argument("portfolio")
     s.set_defaults(fn=cmd_info)
+
+    s = sub.add_parser("verify", help="load and run every variant in a process of its own; "
+                                      "one line per problem, non-zero exit if any")
+    s.add_argument("portfolio")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds per variant")
+    s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("bench", help="calibrate on this device, write device_profile.json")
     s.add_argument("portfolio")
@@ -225,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--variant", help="serve this variant instead of letting the policy choose")
     s.add_argument("--threads", type=int)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--allow-nonfinite", action="store_true",
+                   help="serve inputs holding NaN or infinity instead of refusing them")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("demo", help="replay changing budgets and CPU load")
@@ -235,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--real", action="store_true",
                    help="read the real CPU load and learn from measured latency")
     s.set_defaults(fn=cmd_demo)
+    for s in sub.choices.values():
+        s.add_argument("--public-key", metavar="KEY.pub",
+                       help="require a portfolio signed by this Ed25519 key and files matching "
+                            "its signed manifest")
     return p
 
 

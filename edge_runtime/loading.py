@@ -22,7 +22,7 @@ from typing import Any, Deque, Dict, List, Optional
 from edge_runtime.interpreter import DelegateUnavailable, Runner, load_runner
 from edge_runtime.manifest import Manifest, Variant, VariantFileError, read_variant_file
 from edge_runtime.policy import pick_threads_key
-from edge_runtime.probe import ProbeItem, iter_unknown, open_cache, probe_files
+from edge_runtime.probe import ProbeItem, check_files, open_cache, probe_files
 from edge_runtime.profile import DeviceProfile
 
 log = logging.getLogger("edge_runtime")
@@ -124,23 +124,15 @@ class VariantPool:
             return
         t0 = time.perf_counter()
         slots = [s for s in self.slots.values() if s.error is None]
-        unknown = iter_unknown(self._cache, (self._item(s) for s in slots))
-        if unknown:
-            verdicts = probe_files(unknown, timeout_s=self.probe_timeout_s)
-            self._cache.put({it.sha256: v for it, v in zip(unknown, verdicts)})
-            fresh = {it.sha256: v for it, v in zip(unknown, verdicts)}
-        else:
-            fresh = {}
+        verdicts, probed = check_files([self._item(s) for s in slots], self._cache,
+                                       self.probe_timeout_s)
         for s in slots:
-            v = fresh.get(s.variant.sha256) or self._cache.get(s.variant.sha256)
+            v = verdicts.get(s.variant.sha256)
             if v is not None and not v.ok and v.stage != "spawn":
                 self.mark_broken(s, f"variant {s.variant.id!r}: {v.reason}")
                 self.probe_stats["rejected"] += 1
-        st = self.probe_stats
-        st["files"] = len(slots)
-        st["probed"] = len(unknown)
-        st["cached"] = len(slots) - len(unknown)
-        st["ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        self.probe_stats.update(files=len(slots), probed=probed, cached=len(slots) - probed,
+                                ms=round((time.perf_counter() - t0) * 1e3, 3))
 
     def _check_before_load(self, slot: _Slot) -> None:
         """Probe this one file now if no verdict is known (lazy load after a failed probe)."""

@@ -291,3 +291,23 @@ def iter_unknown(cache: ProbeCache, items: Iterable[ProbeItem]) -> List[ProbeIte
             seen.add(it.sha256)
             out.append(it)
     return out
+
+
+def check_files(items: Sequence[ProbeItem], cache: ProbeCache,
+                timeout_s: float = 30.0) -> "tuple[Dict[str, Verdict], int]":
+    """Verdict per sha256 for ``items``: from the cache, else probed (and cached) now.
+
+    Returns the verdicts and how many files had to be probed.
+    """
+    unknown = iter_unknown(cache, items)
+    fresh: Dict[str, Verdict] = {}
+    if unknown:
+        fresh = {it.sha256: v for it, v in zip(unknown, probe_files(unknown,
+                                                                     timeout_s=timeout_s))}
+        cache.put(fresh)
+    out = {}
+    for it in items:
+        v = fresh.get(it.sha256) or cache.get(it.sha256)
+        if v is not None:
+            out[it.sha256] = v
+    return out, len(unknown)

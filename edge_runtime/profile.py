@@ -131,11 +131,11 @@ def measure_variant(folder: PathLike, manifest: Manifest, variant: Variant,
             "init_ms": round(_percentile(init, 50), 3), "memory_mb": round(memory, 3)}
 
 
-def _warm_up_runtime(folder: PathLike, manifest: Manifest) -> None:
+def _warm_up_runtime(folder: PathLike, manifest: Manifest, usable: List[Variant]) -> None:
     """Load one CPU variant once so one-time runtime set-up is not billed to the first variant."""
     from edge_runtime.interpreter import load_runner
 
-    for v in sorted(manifest.variants, key=lambda v: v.bytes):
+    for v in sorted(usable, key=lambda v: v.bytes):
         if v.edgetpu:
             continue
         try:
@@ -151,9 +151,12 @@ def bench_portfolio(folder: PathLike, manifest: Manifest, threads: Optional[List
                     log_fn: Callable[[str], None] = lambda s: None) -> dict:
     """Measure every variant that loads and (optionally) write ``device_profile.json``.
 
-    Variants that fail (missing, tampered, no Edge TPU) are reported in ``errors`` and left out.
+    Variants that fail (missing, tampered, no Edge TPU, or rejected by the isolated check of
+    ``edge_runtime.probe``: a file that crashes the interpreter) are reported in ``errors``
+    and left out.
     """
     from edge_runtime.interpreter import get_backend
+    from edge_runtime.probe import ProbeItem, check_files, open_cache
 
     backend = get_backend()
     threads = threads or sorted({1, cpu_count()})
@@ -162,8 +165,22 @@ def bench_portfolio(folder: PathLike, manifest: Manifest, threads: Optional[List
                  "machine": f"{platform.machine()} {platform.system()}",
                  "cpu_count": cpu_count(), "threads": threads, "runs": runs,
                  "variants": {}, "errors": {}}
-    _warm_up_runtime(folder, manifest)
+    usable = []
     for v in manifest.variants:
+        try:
+            read_variant_file(folder, v)
+            usable.append(v)
+        except Exception as e:
+            doc["errors"][v.id] = str(e)
+    items = [ProbeItem(Path(folder) / v.file, v.sha256, v.edgetpu) for v in usable]
+    verdicts, _ = check_files(items, open_cache())
+    for v in list(usable):
+        verdict = verdicts[v.sha256]
+        if not verdict.ok and verdict.stage != "spawn":
+            doc["errors"][v.id] = f"variant {v.id!r}: {verdict.reason}"
+            usable.remove(v)
+    _warm_up_runtime(folder, manifest, usable)
+    for v in usable:
         try:
             doc["variants"][v.id] = measure_variant(folder, manifest, v, threads, runs, warmup)
             log_fn(f"measured {v.id}")

@@ -2,11 +2,13 @@
 
     shifter-tf train  --config C --out RUN [--resume]   phase 1: IMP portfolio training
     shifter-tf prune  RUN                               phase 2: structured pruning of each level
-    shifter-tf export RUN                               phase 3: TFLite portfolio + manifest
+    shifter-tf export RUN [--private-key KEY]           phase 3: TFLite portfolio + manifest
     shifter-tf report RUN                               report.md and plots
     shifter-tf run    --config C --out RUN [--resume]   phases 1-3 and the report in one go
     shifter-tf pai    --config C --out RUN              Reconvene: structured pruning at init
     shifter-tf tune   --config C --out DIR              keras-tuner search over the recipe
+    shifter-tf keygen KEY                               Ed25519 key pair to sign portfolios
+    shifter-tf sign   PORTFOLIO --private-key KEY       sign an existing portfolio's manifest
 
 Bad input exits non-zero with one readable line, never a TensorFlow traceback.
 """
@@ -77,8 +79,29 @@ def cmd_prune(args) -> int:
 
 def cmd_export(args) -> int:
     overrides = _run_overrides(args, "export")
+    key = None
+    if args.private_key:                       # a bad key fails now, not after the export
+        from shifter_tf.signing import load_private_key
+        key = load_private_key(args.private_key)
     from shifter_tf import pipeline
     print(pipeline.export_run(Path(args.run), overrides=overrides))
+    if key is not None:
+        from shifter_tf.signing import sign_portfolio
+        print(f"signed: {sign_portfolio(Path(args.run) / 'portfolio', key)}")
+    return 0
+
+
+def cmd_keygen(args) -> int:
+    from shifter_tf.signing import generate_keypair
+    priv, pub, kid = generate_keypair(args.key, force=args.force)
+    print(f"private key {priv} (keep it secret), public key {pub} (copy it to the device), "
+          f"key id {kid}")
+    return 0
+
+
+def cmd_sign(args) -> int:
+    from shifter_tf.signing import sign_portfolio
+    print(f"signed: {sign_portfolio(Path(args.portfolio), args.private_key)}")
     return 0
 
 
@@ -128,6 +151,9 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
                      "then prune and export"),
     "tune": (cmd_tune, "keras-tuner search over the training recipe declared in the config's "
                        "`tune:` section; writes the best config as YAML"),
+    "keygen": (cmd_keygen, "make an Ed25519 key pair (KEY private, KEY.pub public) for signing "
+                           "portfolios"),
+    "sign": (cmd_sign, "sign PORTFOLIO/manifest.json with a private key (manifest.json.sig)"),
 }
 
 
@@ -163,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help="replace an earlier pai result in --out")
         if name == "tune":
             s.add_argument("--trials", type=int, default=None, help="override max trials")
+        if name in ("export", "sign"):
+            s.add_argument("--private-key", metavar="KEY", required=name == "sign",
+                           help="sign the manifest with this Ed25519 key (`shifter-tf keygen`)")
+        if name == "sign":
+            s.add_argument("portfolio", help="portfolio folder (manifest.json + variants/)")
+        if name == "keygen":
+            s.add_argument("key", help="private key file to write; the public key goes to "
+                                       "KEY.pub")
+            s.add_argument("--force", action="store_true", help="replace existing key files")
     return p
 
 

@@ -199,3 +199,42 @@ def test_switcher_wide_allow_nonfinite(make_switcher, ref_inputs):
     with pytest.raises(ValueError, match="NaN"):
         sw.predict(x, allow_nonfinite=False)
     assert sw.predict(ref_inputs[0].astype(np.uint8)).shape == (10,)   # integers: always finite
+
+
+# ------------------------------------------------------------------------------ verify
+def test_verify_passes_a_good_portfolio(portfolio, capsys):
+    from edge_runtime.cli import main
+    assert main(["verify", str(portfolio)]) == 0
+    cap = capsys.readouterr()
+    assert "4 of 4 variants usable" in cap.out and "signature unsigned" in cap.out
+    for vid in IDS:
+        row = next(line for line in cap.out.splitlines() if line.startswith(vid + " "))
+        assert row.split()[-2:] == ["1x10", "ok"]
+    assert "L04-pruned-int8  int8  1x28x28x1 int8" in cap.out
+    assert [l for l in cap.err.splitlines() if l.startswith("edge-switcher")] == []
+
+
+def test_verify_reports_one_line_per_problem(tmp_portfolio, capsys):
+    from edge_runtime.cli import main
+    crashed = corrupt(tmp_portfolio, DENSE, seed=3)
+    doc = json.loads((tmp_portfolio / "manifest.json").read_text())
+    doc["variants"][2]["precision"] = "int8"          # L04-pruned-fp32 claims int8 input
+    write_manifest(tmp_portfolio, doc)
+    tampered = tmp_portfolio / "variants" / "L02-pruned-fp32.tflite"
+    tampered.write_bytes(tampered.read_bytes()[:-1] + b"\0")
+    assert main(["verify", str(tmp_portfolio)]) == 1
+    cap = capsys.readouterr()
+    lines = [l for l in cap.err.splitlines() if l.startswith("edge-switcher: ")]
+    assert len(lines) == 3, cap.err
+    assert lines[0].startswith("edge-switcher: variant 'L02-pruned-fp32': ") and \
+        "does not match its sha256" in lines[0]
+    assert lines[1].startswith(f"edge-switcher: variant '{DENSE}': {crashed}")
+    assert lines[2] == ("edge-switcher: variant 'L04-pruned-fp32' (variants/L04-pruned-fp32."
+                        "tflite): precision int8 means quantised int8/uint8 input, the model "
+                        "takes float32")
+    assert "1 of 4 variants usable" in cap.out
+    # the verdicts are remembered: info now knows which file does not load, without loading it
+    assert main(["info", str(tmp_portfolio)]) == 1
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith(DENSE + " "))
+    assert row.split()[-2:] == ["NO", "ok"]
