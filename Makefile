@@ -4,6 +4,7 @@ VENV   := .venv
 EDGE   := .venv-edge
 PIP    := $(VENV)/bin/python -m pip
 EPIP   := $(EDGE)/bin/python -m pip
+MCT    := .venv-mct
 CONFIG ?= configs/mnist5k_vgg.yaml
 RUN    ?= runs/demo
 
@@ -24,6 +25,15 @@ $(EDGE)/.installed: requirements-edge.txt constraints-edge.txt setup.cfg
 	$(EPIP) install -q --no-deps -e .
 	touch $@
 
+# Benchmark-only environment for Sony's model-compression-toolkit (tools/bench_mct.py): MCT 2.6.1
+# needs TensorFlow 2.15 / Keras 2 / numpy 1 (constraints-mct.txt). Never used by demo or test.
+$(MCT)/.installed: constraints-mct.txt
+	test -d $(MCT) || $(PYTHON) -m venv $(MCT)
+	$(MCT)/bin/python -m pip install -q --upgrade pip
+	$(MCT)/bin/python -m pip install -q -c constraints-mct.txt tensorflow keras numpy \
+		mct-quantizers model-compression-toolkit
+	touch $@
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/shifter-tf run --config $(CONFIG) --out $(RUN)
 
@@ -39,8 +49,16 @@ test-edge: $(EDGE)/.installed
 edge-fixtures: $(VENV)/.installed
 	$(VENV)/bin/python tools/make_edge_fixtures.py
 
-bench: $(VENV)/.installed $(EDGE)/.installed
+bench: $(VENV)/.installed $(EDGE)/.installed $(MCT)/.installed
 	$(VENV)/bin/python tools/bench_all.py --out bench --run $(RUN)
 
+# The MCT peer alone: export RUN's dense model and the data split, prune/fine-tune/convert
+# (resumable; minutes per target) into bench/mct/.
+.PHONY: bench-mct
+bench-mct: $(VENV)/.installed $(MCT)/.installed
+	$(VENV)/bin/python tools/export_bench_data.py --run $(RUN) --config $(CONFIG) \
+		--out bench/mct_data.npz
+	$(MCT)/bin/python tools/bench_mct.py --data bench/mct_data.npz --out bench
+
 clean:
-	rm -rf $(VENV) $(EDGE) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(EDGE) $(MCT) *.egg-info .pytest_cache
