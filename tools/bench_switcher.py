@@ -13,6 +13,13 @@ resident memory is not polluted by earlier measurements. Compared strategies (DN
   create, allocate, first invoke) on every switch.
 
 "Cold load" is a new interpreter from a file in the OS page cache (a warm disk), per variant.
+
+Start-up cost of the protection against corrupt files (issue 16): ``EdgeSwitcher.from_portfolio``
+with every variant preloaded, timed inside a fresh process, (a) unprotected (``safe_load=False``),
+(b) first start: every file is loaded and run once in a child process before this process opens
+it, (c) later starts: the verdicts come from the sha256-keyed cache. ``--startup-variants N``
+measures it on N variants: if the portfolio has fewer, a synthetic portfolio is built from its
+files, each copy made distinct (own sha256) by a 16-byte tag after the end of the flatbuffer.
 """
 from __future__ import annotations
 
@@ -21,8 +28,10 @@ import json
 import os
 import platform
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -135,6 +144,15 @@ def child(mode: str, portfolio: str, iters: int, threads: int) -> Dict[str, Any]
         out["variant"] = sw.active
         out["rss_mb"] = rss_mb()
 
+    elif mode in ("startup_off", "startup_on"):
+        gc_t0 = time.perf_counter()
+        sw = EdgeSwitcher.from_portfolio(portfolio, preload="all", num_threads=threads,
+                                         use_profile=False, safe_load=mode == "startup_on")
+        out["startup_ms"] = (time.perf_counter() - gc_t0) * 1e3
+        out["probe"] = sw.stats()["probe"]
+        out["available"] = len(sw.available)
+        out["variants"] = len(sw.variants)
+
     elif mode == "reload":
         ids = [v.id for v in m.variants if not v.edgetpu]
         by_id = {v.id: v for v in m.variants}
@@ -157,16 +175,72 @@ def child(mode: str, portfolio: str, iters: int, threads: int) -> Dict[str, Any]
     return out
 
 
-def run_child(mode: str, args: argparse.Namespace) -> Dict[str, Any]:
+def run_child(mode: str, args: argparse.Namespace, portfolio: str = "",
+              cache: str = "") -> Dict[str, Any]:
     env = dict(os.environ)
+    if cache:
+        env["EDGE_RUNTIME_CACHE"] = cache
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cmd = [sys.executable, str(Path(__file__).resolve()), args.portfolio, "--child", mode,
+    cmd = [sys.executable, str(Path(__file__).resolve()), portfolio or args.portfolio,
+           "--child", mode,
            "--iters", str(args.iters), "--threads", str(args.threads)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if res.returncode != 0:
         raise RuntimeError(f"child {mode} failed:\n{res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def replicate_portfolio(src: str, n: int, dst: Path) -> Path:
+    """A portfolio of ``n`` variants made of ``src``'s files, each copy with its own sha256."""
+    sys.path.insert(0, str(ROOT))
+    from edge_runtime.manifest import file_entry, load_manifest, write_manifest
+
+    m = load_manifest(src)
+    doc = json.loads((m.folder / "manifest.json").read_text())
+    base = [v for v in doc["variants"] if not v.get("edgetpu")]
+    (dst / "variants").mkdir(parents=True)
+    entries = []
+    for i in range(n):
+        v = dict(base[i % len(base)])
+        data = (m.folder / v["file"]).read_bytes()
+        v["id"] = f"{v['id']}-r{i:03d}"
+        v["file"] = f"variants/{v['id']}.tflite"
+        v["parent"] = None
+        (dst / v["file"]).write_bytes(data + f"replica{i:09d}".encode())   # after the flatbuffer
+        v.update(file_entry(dst, v["file"]))
+        entries.append(v)
+    doc["variants"] = entries
+    write_manifest(dst, doc)
+    return dst
+
+
+def startup_cost(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
+    """From_portfolio time without and with the isolated file check (first and later starts)."""
+    portfolio = args.portfolio
+    n_have = len(json.loads((Path(portfolio) / "manifest.json").read_text())["variants"]) \
+        if Path(portfolio).is_dir() else 0
+    synthetic = bool(args.startup_variants and args.startup_variants > n_have)
+    if synthetic:
+        portfolio = str(replicate_portfolio(args.portfolio, args.startup_variants,
+                                            work / "replicated"))
+    off, first, cached = [], [], []
+    for r in range(args.repeats):
+        cache = str(work / f"cache{r}")
+        off.append(run_child("startup_off", args, portfolio, cache))
+        first.append(run_child("startup_on", args, portfolio, cache))   # empty cache
+        cached.append(run_child("startup_on", args, portfolio, cache))  # verdicts cached
+    med = lambda runs: statistics.median(r["startup_ms"] for r in runs)  # noqa: E731
+    n = first[0]["variants"]
+    return {
+        "portfolio": "synthetic" if synthetic else "as given", "variants": n,
+        "available": first[0]["available"],
+        "unprotected_ms": med(off), "first_start_ms": med(first), "cached_start_ms": med(cached),
+        "probe_ms_first": statistics.median(r["probe"]["ms"] for r in first),
+        "probe_ms_cached": statistics.median(r["probe"]["ms"] for r in cached),
+        "probed_first": first[0]["probe"]["probed"], "probed_cached": cached[0]["probe"]["probed"],
+        "probe_ms_per_variant_first": statistics.median(r["probe"]["ms"] for r in first) / n,
+    }
 
 
 def _median_of(runs: List[Dict[str, Any]], *path: str) -> float:
@@ -187,6 +261,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="child processes per measurement")
     ap.add_argument("--iters", type=int, default=2000, help="switches/decisions per child")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--startup-variants", type=int, default=44,
+                    help="variants for the start-up cost measurement (a synthetic portfolio "
+                         "of copies if the portfolio has fewer; 0 = the portfolio as is)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -194,8 +271,14 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child, args.portfolio, args.iters, args.threads)))
         return 0
 
-    runs = {mode: [run_child(mode, args) for _ in range(args.repeats)]
-            for mode in ("baseline", "ensemble", "single", "reload")}
+    work = Path(tempfile.mkdtemp(prefix="bench_switcher."))
+    try:
+        cache = str(work / "cache")      # the bench never touches the user's verdict cache
+        runs = {mode: [run_child(mode, args, cache=cache) for _ in range(args.repeats)]
+                for mode in ("baseline", "ensemble", "single", "reload")}
+        startup = startup_cost(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     ens = runs["ensemble"]
     cold = {vid: {k: statistics.median(r["cold"][vid][k] for r in ens)
                   for k in ("load_ms", "first_invoke_ms", "bytes")}
@@ -215,6 +298,7 @@ def main(argv=None) -> int:
         "raw_invoke_us": med("ensemble", "raw_invoke_us"),
         "reload_switch_ms": {q: med("reload", "switch_ms", q) for q in ("p50", "p90", "p99")},
         "cold_load": cold,
+        "startup": startup,
         "rss_mb": {
             "runtime_only": med("baseline", "rss_mb"),
             "switcher_all_preloaded": med("ensemble", "rss_mb"),
@@ -239,6 +323,14 @@ def main(argv=None) -> int:
     print(f"  switch by reload          p50 {r['reload_switch_ms']['p50'] * 1e3:8.1f} us   "
           f"p99 {r['reload_switch_ms']['p99'] * 1e3:8.1f} us")
     print(f"  predict() vs raw invoke   {r['predict_us']:8.1f} us vs {r['raw_invoke_us']:.1f} us")
+    st = r["startup"]
+    print(f"  start-up, {st['variants']} variants ({st['portfolio']}), all preloaded:")
+    print(f"    unprotected (safe_load=False)   {st['unprotected_ms']:8.1f} ms")
+    print(f"    first start, files checked      {st['first_start_ms']:8.1f} ms  "
+          f"(check {st['probe_ms_first']:.1f} ms, {st['probe_ms_per_variant_first']:.1f} ms "
+          "per variant)")
+    print(f"    later starts, verdicts cached   {st['cached_start_ms']:8.1f} ms  "
+          f"(check {st['probe_ms_cached']:.1f} ms)")
     print("  cold load per variant:")
     for vid, c in cold.items():
         print(f"    {vid:24s} {c['bytes'] / 1024:8.1f} KB  load {c['load_ms']:7.2f} ms  "

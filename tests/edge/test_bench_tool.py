@@ -9,7 +9,8 @@ from conftest import ROOT
 def test_bench_switcher_smoke(portfolio, tmp_path):
     out = tmp_path / "bench" / "switcher.json"
     res = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_switcher.py"),
-                          str(portfolio), "--out", str(out), "--repeats", "1", "--iters", "100"],
+                          str(portfolio), "--out", str(out), "--repeats", "1", "--iters", "100",
+                          "--startup-variants", "6"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(out.read_text())
@@ -21,3 +22,8 @@ def test_bench_switcher_smoke(portfolio, tmp_path):
     rss = doc["rss_mb"]
     assert 0 < rss["runtime_only"] < rss["switcher_all_preloaded"]
     assert "decision + switch" in res.stdout
+    st = doc["startup"]           # issue 16: cost of checking files in a child process first
+    assert st["portfolio"] == "synthetic" and st["variants"] == st["available"] == 6
+    assert st["probed_first"] == 6 and st["probed_cached"] == 0
+    assert min(st["unprotected_ms"], st["first_start_ms"], st["cached_start_ms"]) > 0
+    assert "later starts, verdicts cached" in res.stdout
