@@ -14,9 +14,12 @@ Device use::
     scores, served_by = sw.predict(x, return_variant=True)
     sw.stats()
 
-Modules: ``manifest`` (schema, atomic writes, verification), ``interpreter`` (backend, runner),
+Modules: ``manifest`` (reading/writing; ``schema``, ``validation`` and ``files`` behind it),
+``signature`` (Ed25519 signed manifests), ``interpreter`` (backend, runner), ``probe`` (files
+loaded and run in a child process first, verdicts cached by sha256), ``loading`` (verification,
+loading, eviction and health of the variants), ``inputs`` (input checks and normalisation),
 ``policy`` (latency model, selection), ``monitor`` (/proc), ``profile`` (on-device calibration),
-``switcher`` (EdgeSwitcher), ``cli`` (``edge-switcher``).
+``switcher`` (EdgeSwitcher), ``verify`` and ``cli`` (``edge-switcher``).
 """
 from typing import Any
 
@@ -33,6 +36,8 @@ _LAZY = {
     "load_manifest": "edge_runtime.manifest",
     "write_manifest": "edge_runtime.manifest",
     "validate": "edge_runtime.manifest",
+    "SignatureError": "edge_runtime.signature",
+    "load_signed_manifest": "edge_runtime.signature",
 }
 
 __all__ = sorted(_LAZY)

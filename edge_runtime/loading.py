@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional
 
+import numpy as np
+
 from edge_runtime.interpreter import DelegateUnavailable, Runner, load_runner
 from edge_runtime.manifest import Manifest, Variant, VariantFileError, read_variant_file
 from edge_runtime.policy import pick_threads_key
@@ -31,6 +33,13 @@ MiB = float(2 ** 20)
 
 class VariantUnavailable(RuntimeError):
     """The requested variant cannot serve (failed verification, no Edge TPU, over budget)."""
+
+
+def _pct(xs, qs=(50, 90, 99)) -> Dict[str, Optional[float]]:
+    if not xs:
+        return {f"p{q}": None for q in qs}
+    arr = np.asarray(xs, dtype=np.float64)
+    return {f"p{q}": round(float(np.percentile(arr, q)), 4) for q in qs}
 
 
 @dataclass
@@ -50,6 +59,20 @@ class _Slot:
     load_ms: List[float] = field(default_factory=list)
     latencies: Deque[float] = field(default_factory=lambda: deque(maxlen=4096))
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards the stats only
+
+    def snapshot(self) -> Dict[str, Any]:
+        """Serving statistics and health of this variant (for ``EdgeSwitcher.stats``)."""
+        with self.lock:
+            lat = list(self.latencies)
+            calls, examples = self.calls, self.examples
+        return {
+            "calls": calls, "examples": examples, "latency_ms": _pct(lat),
+            "baseline_ms": self.baseline_ms, "accuracy": self.variant.accuracy,
+            "loaded": self.runner is not None, "loads": self.loads,
+            "load_ms": round(float(np.median(self.load_ms)), 3) if self.load_ms else None,
+            "memory_mb": round(self.memory_mb, 3),
+            "error": self.error, "failures": self.failures,
+        }
 
 
 class VariantPool:

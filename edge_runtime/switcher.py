@@ -11,6 +11,9 @@ Concurrency design:
   holding it finishes first and the interpreter is freed afterwards.
 * Loading/evicting is serialised by one lock, decisions by another (a thread that finds a
   decision in progress does not wait for it).
+
+Loading, the isolated file check and the health of each variant live in ``edge_runtime.loading``;
+input checks and normalisation in ``edge_runtime.inputs``.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from edge_runtime.loading import MiB, VariantPool, VariantUnavailable, _Slot  # noqa: F401
+from edge_runtime.inputs import InputAdapter
+from edge_runtime.loading import (MiB, VariantPool, VariantUnavailable, _pct,  # noqa: F401
+                                  _Slot)
 from edge_runtime.manifest import Manifest, PathLike, Task, Variant, load_manifest
 from edge_runtime.monitor import SystemMonitor, cpu_count
 from edge_runtime.policy import (Candidate, Context, Decision, LatencyEstimator, Policy,
@@ -33,28 +38,6 @@ from edge_runtime.policy import (Candidate, Context, Decision, LatencyEstimator,
 from edge_runtime.profile import DeviceProfile, load_profile
 
 log = logging.getLogger("edge_runtime")
-
-
-def _pct(xs, qs=(50, 90, 99)) -> Dict[str, Optional[float]]:
-    if not xs:
-        return {f"p{q}": None for q in qs}
-    arr = np.asarray(xs, dtype=np.float64)
-    return {f"p{q}": round(float(np.percentile(arr, q)), 4) for q in qs}
-
-
-def _check_finite(arr: np.ndarray, xf: np.ndarray, single: bool) -> None:
-    """``ValueError`` naming the NaN / infinite values of a float input (after the float32 cast)."""
-    bad = ~np.isfinite(xf)
-    if not bad.any():
-        return
-    n_nan = int(np.isnan(xf).sum())
-    n_inf = int(bad.sum()) - n_nan
-    first = tuple(int(i) for i in np.argwhere(bad)[0])[1 if single else 0:]
-    what = " and ".join(w for w in (f"{n_nan} NaN" if n_nan else "",
-                                    f"{n_inf} infinite" if n_inf else "") if w)
-    why = "" if not np.isfinite(arr).all() else f" (beyond float32's range in the {arr.dtype} input)"
-    raise ValueError(f"input contains {what} value(s){why}, first at index {first}; refusing to "
-                     "serve it (pass allow_nonfinite=True to serve it anyway)")
 
 
 class EdgeSwitcher:
@@ -110,7 +93,7 @@ class EdgeSwitcher:
         self._failovers = 0
         self._last_decision: Optional[Decision] = None
         self._signals = None
-        self._prepare_norm()
+        self._inputs = InputAdapter(self.task)
         self._pool.verify_all()
         self._pool.probe_all()
         if preload == "all":
@@ -154,16 +137,6 @@ class EdgeSwitcher:
         profile = load_profile(manifest.folder, manifest) if use_profile else None
         return cls(manifest, policy=policy, memory_budget_mb=memory_budget_mb, preload=preload,
                    profile=profile, **kwargs)
-
-    def _prepare_norm(self) -> None:
-        n = self.task.normalization
-        self._in_dtype = np.dtype(self.task.input_dtype)
-        self._shape = tuple(self.task.input_shape)
-        if n is None:
-            self._norm = None
-        else:
-            self._norm = (np.float32(n.scale), np.asarray(n.mean, dtype=np.float32),
-                          np.asarray(n.std, dtype=np.float32))
 
     def _initial_choice(self) -> None:
         if self._pinned and isinstance(getattr(self.policy, "variant_id", None), str):
@@ -334,31 +307,7 @@ class EdgeSwitcher:
 
     # ----------------------------------------------------------------------------- predicting
     def _prepare(self, x: Any, allow_nonfinite: bool = False) -> Tuple[np.ndarray, bool]:
-        """Check shape, dtype and finiteness, add the batch axis, normalise to float32 (a copy)."""
-        arr = np.asarray(x)
-        shape = self._shape
-        if arr.shape == shape:
-            single, arr = True, arr.reshape((1,) + shape)
-        elif arr.ndim == len(shape) + 1 and arr.shape[1:] == shape and arr.shape[0] > 0:
-            single = False
-        else:
-            raise ValueError(f"input has shape {arr.shape}; expected {shape} for one example "
-                             f"or (N, {', '.join(map(str, shape))}) for a batch")
-        want = self._in_dtype
-        if arr.dtype != want and not (arr.dtype.kind in "biuf"
-                                      and np.can_cast(arr.dtype, want, casting="same_kind")):
-            raise ValueError(f"input has dtype {arr.dtype}; expected {want} with shape {shape} "
-                             "(or a batch of them)")
-        with np.errstate(over="ignore", invalid="ignore"):   # reported just below
-            xf = arr.astype(np.float32)  # a copy: the caller's array is never modified
-        if arr.dtype.kind == "f" and not allow_nonfinite:
-            _check_finite(arr, xf, single)
-        if self._norm is not None:
-            scale, mean, std = self._norm
-            xf *= scale
-            xf -= mean
-            xf /= std
-        return xf, single
+        return self._inputs.prepare(x, allow_nonfinite)
 
     def predict(self, x: Any, return_variant: bool = False, *,
                 allow_nonfinite: Optional[bool] = None) -> Any:
@@ -431,21 +380,8 @@ class EdgeSwitcher:
         now = time.monotonic()
         variants = {}
         for k, s in self._slots.items():
-            with s.lock:
-                lat = list(s.latencies)
-                calls, examples = s.calls, s.examples
-            variants[k] = {
-                "calls": calls, "examples": examples,
-                "latency_ms": _pct(lat),
-                "ewma_ms": self.estimator.ewma(k),
-                "baseline_ms": s.baseline_ms,
-                "expected_ms": self.estimator.expected_ms(k, self._factor, now),
-                "accuracy": s.variant.accuracy,
-                "loaded": s.runner is not None, "loads": s.loads,
-                "load_ms": round(float(np.median(s.load_ms)), 3) if s.load_ms else None,
-                "memory_mb": round(s.memory_mb, 3),
-                "error": s.error, "failures": s.failures,
-            }
+            variants[k] = {**s.snapshot(), "ewma_ms": self.estimator.ewma(k),
+                           "expected_ms": self.estimator.expected_ms(k, self._factor, now)}
         d = self._last_decision
         return {
             "active": self._active, "pinned": self._pinned, "policy": self.policy.name,
