@@ -92,8 +92,8 @@ def load_private_key(path: PathLike) -> Any:
                              f"{path}: the private key is not encrypted: unset "
                              f"{PASSPHRASE_ENV}") from None
     except ValueError as e:
-        raise SignatureError(f"{path}: not a usable PEM private key "
-                             f"({str(e).splitlines()[0][:120]})") from None
+        why = str(e).splitlines()[0].split(". ")[0][:120]
+        raise SignatureError(f"{path}: not a usable PEM private key ({why})") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise SignatureError(f"{path}: not an Ed25519 private key ({type(key).__name__}); "
                              "make one with `shifter-tf keygen`")
