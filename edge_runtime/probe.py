@@ -163,8 +163,11 @@ def _run_child(items: Sequence[ProbeItem], num_threads: int,
         {"path": str(i.path), "sha256": i.sha256, "edgetpu": i.edgetpu} for i in items]})
     cmd = [sys.executable, "-c", "import sys; from edge_runtime.probe import child_main; "
                                  "sys.exit(child_main())"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, text=True)
+    except OSError as e:   # no fork/exec here (out of memory, no interpreter binary)
+        return {}, None, 1, f"{cmd[0]}: {e.strerror or e}"
     try:
         out, err = proc.communicate(job, timeout=timeout_s)
         timed_out = False

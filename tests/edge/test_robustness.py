@@ -238,3 +238,16 @@ def test_verify_reports_one_line_per_problem(tmp_portfolio, capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith(DENSE + " "))
     assert row.split()[-2:] == ["NO", "ok"]
+
+
+def test_when_no_checking_process_can_start_files_load_unchecked_with_a_warning(
+        make_switcher, monkeypatch, tmp_path, caplog, ref_inputs):
+    import edge_runtime.probe as probe
+    monkeypatch.setattr(probe.sys, "executable", str(tmp_path / "no-python"))
+    sw = make_switcher(probe_cache=tmp_path / "probe.json", preload="lazy")
+    st = sw.stats()
+    assert sw.available == IDS and st["probe"]["rejected"] == 0
+    assert "cannot check the file in a child process" in caplog.text
+    assert "no-python" in caplog.text
+    assert not (tmp_path / "probe.json").exists()          # nothing definite to remember
+    assert sw.predict(ref_inputs[0]).shape == (10,)
