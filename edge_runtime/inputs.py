@@ -25,7 +25,8 @@ def _check_finite(arr: np.ndarray, xf: np.ndarray, single: bool) -> None:
     why = ("" if not np.isfinite(arr).all()
            else f" (beyond float32's range in the {arr.dtype} input)")
     raise ValueError(f"input contains {what} value(s){why}, first at index {first}; refusing to "
-                     "serve it (pass allow_nonfinite=True to serve it anyway)")
+                     "serve it (allow_nonfinite=True, or edge-switcher run --allow-nonfinite, "
+                     "serves it)")
 
 
 class InputAdapter:

@@ -14,7 +14,8 @@ each file is probed once per device and runtime: ``$EDGE_RUNTIME_CACHE/probe.jso
 are atomic (temp file + rename) and merge with what other processes wrote meanwhile; an
 unwritable cache only costs a re-probe next start. Only definite verdicts are cached: a pass, an
 exception or a crash by signal; a timeout, a kill (out of memory?), a missing Edge TPU delegate or
-a child that could not start are not.
+a child that could not start are not. The cache is trusted like the code: whoever can write it
+can mark a file good (a signed portfolio still only loads files that match the signed manifest).
 
 Many files are probed by one child (one interpreter import); when it dies on a file, the parent
 records that file's verdict and starts a new child for the files after it.
