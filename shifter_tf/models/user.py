@@ -44,6 +44,72 @@ def import_custom_objects(specs: Iterable[str], unsafe: bool = False) -> dict[st
     return found
 
 
+BUILTIN_MODULES = ("keras", "tf_keras", "tensorflow", "builtins")
+MODEL_CLASSES = ("Functional", "Sequential", "Model")
+
+
+def _saved_config(path: Path) -> dict:
+    """The model config stored in a .keras (zip: config.json) or .h5 (attribute) file."""
+    import json
+
+    try:
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as z:
+                meta = json.loads(z.read("metadata.json")) if "metadata.json" in z.namelist() \
+                    else {}
+                if str(meta.get("keras_version", "")).startswith("3."):
+                    raise ModelError(f"{path}: saved by Keras 3, which tf_keras cannot read; save "
+                                     "it with tf_keras (TF_USE_LEGACY_KERAS=1) or rebuild it")
+                return json.loads(z.read("config.json"))
+        import h5py
+        with h5py.File(path, "r") as f:
+            text = f.attrs.get("model_config")
+        if text is None:
+            raise ModelError(f"{path}: holds weights only, no model config; save the whole model")
+        return json.loads(text.decode() if isinstance(text, bytes) else text)
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, EOFError) as e:
+        if isinstance(e, ModelError):
+            raise
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise ModelError(f"{path}: not a readable Keras model file (empty, truncated or "
+                         f"corrupt: {first})") from None
+
+
+def _check_classes(path: Path, config: dict, unsafe: bool) -> None:
+    """Refuse, before Keras sees the file, what it would fail on or run: a subclassed model, a
+    class not registered (Keras would import the module the file names), a Lambda in safe mode."""
+    top = config.get("class_name")
+    if top not in MODEL_CLASSES:
+        raise ModelError(f"{path}: {top!r} is a subclassed model; shifter-tf prunes functional or "
+                         "Sequential models only (tfmot wraps their layers): rebuild it with "
+                         "keras.Input(...) and keras.Model(inputs, outputs)")
+    known = keras.utils.get_custom_objects()
+
+    def walk(node, layer):
+        if isinstance(node, list):
+            for v in node:
+                walk(v, layer)
+            return
+        if not isinstance(node, dict):
+            return
+        cls, module = node.get("class_name"), node.get("module")
+        if isinstance(cls, str) and isinstance(node.get("config"), dict):
+            layer = node.get("name") or node["config"].get("name") or layer
+            custom = (module is not None and not str(module).split(".")[0] in BUILTIN_MODULES
+                      or module is None and "inbound_nodes" in node
+                      and not hasattr(keras.layers, cls) and cls not in MODEL_CLASSES)
+            if custom and cls not in known and node.get("registered_name") not in known:
+                raise ModelError(f"{path}: layer {layer!r} has class {cls!r} (a custom class) "
+                                 "that is not known here; name it in model.custom_objects, e.g. "
+                                 f"[my_pkg.layers:{cls}], with model.unsafe: true")
+            if cls == "Lambda" and not unsafe:
+                raise ModelError(f"{path}: layer {layer!r} is a Lambda layer, refused in safe "
+                                 f"mode ({UNSAFE_HINT})")
+        for v in node.values():
+            walk(v, layer)
+    walk(config.get("config", {}), None)
+
+
 def _load_error(path: Path, e: Exception, unsafe: bool) -> ModelError:
     """Turn what Keras/h5py raise into one line naming the file and the class at fault."""
     msg = str(e)
@@ -81,6 +147,7 @@ def load_user_model(path: str | Path, unsafe: bool = False,
     import_custom_objects(custom_objects, unsafe)
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: not a readable Keras model file (empty)")
+    _check_classes(path, _saved_config(path), unsafe)
     try:
         if path.suffix == ".keras":
             model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
@@ -105,6 +172,9 @@ def check_model_fits(model: keras.Model, input_shape: Sequence[int], num_classes
                      source: str = "model") -> None:
     """Raise ModelError unless `model` takes one image of `input_shape` and returns
     `num_classes` logits."""
+    if model.inputs is None or model.outputs is None:
+        raise ModelError(f"{source}: a subclassed model; shifter-tf prunes functional or "
+                         "Sequential models only")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(f"{source}: has {len(model.inputs)} input(s) and {len(model.outputs)} "
                          "output(s); one image input and one logits output are expected")
