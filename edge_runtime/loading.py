@@ -1,4 +1,4 @@
-"""The variants behind an ``EdgeSwitcher``: verification, isolated checks, loading, eviction, health.
+"""The variants behind an ``EdgeSwitcher``: verification, isolated check, loading, health.
 
 Health rules: a variant is disabled (``_Slot.error`` says why, ``stats()`` shows it) when its file
 is missing, truncated or does not match the manifest's sha256; when the isolated check of
@@ -113,7 +113,7 @@ class VariantPool:
         return None
 
     def _memory_guess(self, v: Variant) -> float:
-        """Memory of a variant before it is loaded: the profile's, else twice the file + 0.25 MiB."""
+        """Memory before loading: the profile's, else twice the file + 0.25 MiB."""
         vp = self.profile.variants.get(v.id) if self.profile else None
         if vp and vp.memory_mb:
             return float(vp.memory_mb)

@@ -153,7 +153,7 @@ def _signal_name(rc: int) -> str:
 
 def _run_child(items: Sequence[ProbeItem], num_threads: int,
                timeout_s: float) -> "tuple[Dict[int, Verdict], Optional[int], int, str]":
-    """One child over ``items``: finished verdicts, the index it was on when it ended, rc, stderr."""
+    """One child over ``items``: finished verdicts, the index it ended on, rc, stderr."""
     from edge_runtime.interpreter import get_backend
 
     env = dict(os.environ, EDGE_RUNTIME_BACKEND=get_backend().name,

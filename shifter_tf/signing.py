@@ -1,4 +1,4 @@
-"""Ed25519 keys and portfolio signatures on the host (``shifter-tf keygen``, ``export --private-key``).
+"""Ed25519 keys and portfolio signatures on the host (``keygen``, ``export --private-key``).
 
     shifter-tf keygen keys/portfolio           # keys/portfolio (private, 0600) + keys/portfolio.pub
     shifter-tf export RUN --private-key keys/portfolio
