@@ -56,8 +56,10 @@ def _run_overrides(args, section: str) -> dict:
             raise ConfigError(f"--set {key}: `{args.command}` accepts only {section}.* keys "
                               "(the rest is fixed by the run's config.yaml)")
     path = Path(args.run) / "config.yaml"
-    if path.is_file():
-        load_config(path, overrides)
+    if not path.is_file():
+        raise FileNotFoundError(f"{args.run}: not a run folder (no config.yaml); "
+                                "create one with `shifter-tf train`")
+    load_config(path, overrides)
     return overrides
 
 

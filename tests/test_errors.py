@@ -304,6 +304,9 @@ def test_export_set_overrides_the_run_config_only_for_export(tmp_path):
     rc, lines, raw, _ = cli(["export", tmp_path, "--set", "export.precisions=[fp99]"],
                             cwd=tmp_path)
     assert_one_line(rc, lines, raw, ["config.yaml", "export.precisions", "fp99"])
+    rc, lines, raw, _ = cli(["prune", tmp_path / "nothing"], cwd=tmp_path)
+    assert_one_line(rc, lines, raw, ["nothing", "not a run folder"])
+    assert "I0000" not in raw
 
 
 def test_written_files_get_the_variant_files_mode(tmp_path):
