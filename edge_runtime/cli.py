@@ -153,7 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     sw = EdgeSwitcher.from_portfolio(args.portfolio, num_threads=args.threads,
                                      latency_budget_ms=args.budget_ms,
                                      public_key=args.public_key,
-                                     allow_nonfinite=args.allow_nonfinite)
+                                     allow_nonfinite=args.allow_nonfinite,
+                                     min_accuracy=args.min_accuracy)
     if args.variant:
         sw.switch_to(args.variant)
     y, vid = sw.predict(x, return_variant=True)
@@ -195,7 +196,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     monitor = None if args.real else StaticMonitor(cpu_busy_other=0.0)
     sw = EdgeSwitcher.from_portfolio(args.portfolio, num_threads=args.threads, monitor=monitor,
-                                     learn=args.real, public_key=args.public_key)
+                                     learn=args.real, public_key=args.public_key,
+                                     min_accuracy=args.min_accuracy)
     shape, dtype = sw.task.input_shape, np.dtype(sw.task.input_dtype)
     if args.input:
         x = _load_input(args.input)
@@ -282,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--real", action="store_true",
                    help="read the real CPU load and learn from measured latency")
     s.set_defaults(fn=cmd_demo)
+    for name in ("run", "demo"):
+        sub.choices[name].add_argument(
+            "--min-accuracy", type=float, metavar="ACC",
+            help="never let the policy pick a variant measured below this accuracy (0..1)")
     for s in sub.choices.values():
         s.add_argument("--public-key", metavar="KEY.pub",
                        help="require a portfolio signed by this Ed25519 key and files matching "

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-KINDS = ("dense", "sparse", "pruned")
+KINDS = ("dense", "sparse", "pruned", "finetuned")   # finetuned: pruned, then trained more
 PRECISIONS = ("fp32", "fp16", "int8_dynamic", "int8")
 INPUT_DTYPES = ("float32", "float16", "float64", "uint8", "int8", "int16", "int32")
 DEFAULT_GENERATOR = "shifter-tf"

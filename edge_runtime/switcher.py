@@ -50,7 +50,7 @@ class EdgeSwitcher:
                  learn: bool = True, memory_reserve_mb: float = 32.0,
                  decision_interval_s: float = 0.01, safe_load: bool = True,
                  probe_cache: Any = None, allow_nonfinite: bool = False,
-                 signature: Optional[str] = None):
+                 signature: Optional[str] = None, min_accuracy: Optional[float] = None):
         if preload not in ("all", "lazy"):
             raise ValueError(f"preload must be 'all' or 'lazy', got {preload!r}")
         if manifest.folder is None:
@@ -63,6 +63,10 @@ class EdgeSwitcher:
         self.preload = preload
         self.allow_nonfinite = allow_nonfinite
         self.signature = signature
+        # the policy never picks a variant whose measured accuracy is below this (or unknown)
+        self.min_accuracy = min_accuracy
+        self._below = {v.id for v in manifest.variants if min_accuracy is not None and (
+            v.accuracy is None or v.accuracy < min_accuracy)}
         self.memory_reserve_mb = memory_reserve_mb
         # predict() re-runs the policy at most this often (a budget change is seen at once):
         # the CPU signal only refreshes every 0.25 s and the EWMA moves slowly anyway.
@@ -102,6 +106,9 @@ class EdgeSwitcher:
             raise VariantUnavailable(
                 f"{manifest.source}: no variant is usable: "
                 + "; ".join(f"{k}: {s.error}" for k, s in self._slots.items()))
+        if not set(self.available) - self._below:
+            raise VariantUnavailable(f"{manifest.source}: no usable variant reaches "
+                                     f"min_accuracy {min_accuracy}")
         self._initial_choice()
 
     # ----------------------------------------------------------------------------- construction
@@ -126,7 +133,8 @@ class EdgeSwitcher:
         Other keyword arguments: ``num_threads``, ``latency_budget_ms``, ``monitor``,
         ``learn`` (use measured latencies), ``memory_reserve_mb``, ``decision_interval_s``
         (how often ``predict`` re-runs the policy; 0 = every call), ``allow_nonfinite``
-        (serve inputs holding NaN or infinity instead of refusing them).
+        (serve inputs holding NaN or infinity instead of refusing them), ``min_accuracy``
+        (the policy never picks a variant measured below it; ``switch_to`` still may).
         """
         if public_key is not None:
             from edge_runtime.signature import load_signed_manifest
@@ -272,7 +280,7 @@ class EdgeSwitcher:
         return [Candidate(k, s.variant.accuracy,
                           self.estimator.expected_ms(k, self._factor, now), s.memory_mb,
                           s.runner is not None, s.error is None)
-                for k, s in self._slots.items()]
+                for k, s in self._slots.items() if k not in self._below]
 
     def decide(self, force: bool = False) -> Decision:
         """Run the policy once and switch if it says so; returns the decision."""
@@ -398,6 +406,7 @@ class EdgeSwitcher:
             "failovers": self._failovers,
             "probe": dict(self._pool.probe_stats),
             "signature": self.signature,
+            "min_accuracy": self.min_accuracy, "below_min_accuracy": sorted(self._below),
             "loaded_mb": round(self._loaded_mb(), 3),
             "variants": variants,
         }

@@ -76,6 +76,14 @@ class LotteryConfig:
     exclude_classifier: bool = False
     exclude_layers: list[str] = field(default_factory=list)
     target_density: Optional[float] = None    # error before training if levels/p cannot reach it
+    # Structure-inducing sparse training (ours, not the paper's): `filters` removes, at the start
+    # of each level, `filter_fraction` of the surviving filters with the lowest layer-relative
+    # score (|γ| of the BN after the conv, else the filter's L2 norm) before the global magnitude
+    # allocation; their BN γ and β are held at zero so the channel is exactly removable.
+    rewind: str = "weights"          # weights (θ_k, the paper's) | lr (keep weights, restart LR)
+    structure: str = "none"          # none (the paper's plain IMP) | filters
+    filter_fraction: float = 0.2     # structure=filters: of the surviving filters, per level
+    gamma_l1: float = 0.0            # L1 penalty on BN γ during training (network slimming)
 
 
 @dataclass
@@ -84,6 +92,9 @@ class SurgeryConfig:
     min_agreement: float = 0.99      # top-1 agreement pruned vs sparse on the sample batch
     sample_size: int = 256
     force: bool = False
+    # > 0: also train each pruned model this many epochs more and deploy it as kind `finetuned`
+    # (not lossless, so reported apart from the pruned variants).
+    finetune_epochs: int = 0
 
 
 @dataclass
@@ -100,6 +111,14 @@ class ExportConfig:
     # zeros the rewrite leaves inside kept filters: a smaller file, the same outputs and speed
     # (the interpreter densifies at load). Not for int8: ai-edge-litert cannot load sparse int8.
     sparse_encoding: bool = True
+
+
+@dataclass
+class PortfolioConfig:
+    """What is deployed into RUN/portfolio/ (every level stays in the run either way)."""
+    # A level whose test accuracy is more than this below dense is kept in the run and listed
+    # in the report as not deployed; null deploys every level.
+    max_accuracy_drop: Optional[float] = 0.01
 
 
 @dataclass
@@ -136,6 +155,7 @@ class Config:
     lottery: LotteryConfig = field(default_factory=LotteryConfig)
     surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
     pai: PaiConfig = field(default_factory=PaiConfig)
     tune: dict[str, Any] = field(default_factory=dict)   # keras-tuner search space (shifter_tf.tune)
 
@@ -243,6 +263,18 @@ def _validate(cfg: Config, source: str) -> None:
         bad("lottery.rewind_iterations", "set rewind_iterations or rewind_epochs, not both")
     if not 0.0 < lt.ramp_fraction <= 1.0:
         bad("lottery.ramp_fraction", f"must be in (0, 1], got {lt.ramp_fraction}")
+    if lt.rewind not in ("weights", "lr"):
+        bad("lottery.rewind", f"must be weights or lr, got {lt.rewind!r}")
+    if lt.structure not in ("none", "filters"):
+        bad("lottery.structure", f"must be none or filters, got {lt.structure!r}")
+    if not 0.0 <= lt.filter_fraction < 1.0:
+        bad("lottery.filter_fraction", f"must be in [0, 1), got {lt.filter_fraction}")
+    drop = cfg.portfolio.max_accuracy_drop
+    if drop is not None and not 0.0 <= drop <= 1.0:
+        bad("portfolio.max_accuracy_drop", f"must be in [0, 1] (a fraction: 0.01 = 1 point), "
+                                           f"got {drop}")
+    if lt.gamma_l1 < 0:
+        bad("lottery.gamma_l1", f"must be >= 0, got {lt.gamma_l1}")
     if lt.target_density is not None:
         reachable = (1 - lt.prune_fraction) ** lt.levels
         if reachable > lt.target_density + 1e-12:
@@ -263,8 +295,10 @@ def _validate(cfg: Config, source: str) -> None:
         if p not in ("fp32", "fp16", "int8_dynamic", "int8"):
             bad("export.precisions", f"unknown precision {p!r} (fp32, fp16, int8_dynamic, int8)")
     for k in cfg.export.kinds:
-        if k not in ("dense", "sparse", "pruned"):
-            bad("export.kinds", f"unknown kind {k!r} (dense, sparse, pruned)")
+        if k not in ("dense", "sparse", "pruned", "finetuned"):
+            bad("export.kinds", f"unknown kind {k!r} (dense, sparse, pruned, finetuned)")
+    if cfg.surgery.finetune_epochs < 0:
+        bad("surgery.finetune_epochs", f"must be >= 0, got {cfg.surgery.finetune_epochs}")
     rules.validate_data(cfg.data, bad)
     rules.validate_model(cfg.model, bad)
     validate_pai(cfg.pai, source)

@@ -29,6 +29,7 @@ import tf_keras as keras
 from tqdm.auto import tqdm
 
 from shifter_tf import masks as M
+from shifter_tf import structure as S
 from shifter_tf import train as T
 from shifter_tf.config import Config, ConfigError, load_config, save_config
 from shifter_tf.data import Dataset, load_dataset
@@ -53,6 +54,8 @@ class LevelResult:
     test_accuracy: float
     threshold: Optional[float] = None
     resurrected: int = 0           # weights tfmot re-picked that an earlier level had pruned
+    allocated: dict[str, int] = field(default_factory=dict)   # weights the allocation gave
+    killed_filters: dict[str, int] = field(default_factory=dict)   # by the structure step
     history: dict = field(default_factory=dict)
 
 
@@ -161,20 +164,29 @@ def _assign_masks(wrapped: keras.Model, masks: M.Masks) -> None:
 
 
 class KeepPruned(keras.callbacks.Callback):
-    """After each batch, AND tfmot's masks with the previous level's: pruned stays pruned.
+    """Hold the weights a level may not keep at zero, so tfmot never re-picks them.
 
-    tfmot ranks raw |w|, and a pruned weight's momentum moves it off zero between mask
-    applications, so without this it could win its place back during the ramp.
+    tfmot re-ranks raw |w| of the whole layer at each mask update, and a pruned weight's gradient
+    and momentum move it off zero after every step. Left there, such a weight can outrank a kept
+    one; ANDing tfmot's mask with the allowed set afterwards then leaves the layer *below* its
+    allocation (the cause of the last-block collapses seen at deep levels). So before each batch
+    the disallowed weights are zeroed (they rank last) and after it tfmot's mask is ANDed with
+    the allowed set (so a pruned weight never serves even for one step).
     """
 
-    def __init__(self, wrapped: keras.Model, prev: M.Masks):
+    def __init__(self, wrapped: keras.Model, allowed: M.Masks):
         super().__init__()
-        self.pairs = [(w.pruning_vars[0][1], tf.constant(prev[n].astype(np.float32)))
-                      for n, w in _wrappers(wrapped).items()]
+        self.triples = [(w.pruning_vars[0][0], w.pruning_vars[0][1],
+                         tf.constant(allowed[n].astype(np.float32)))
+                        for n, w in _wrappers(wrapped).items()]
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for weight, _, allowed in self.triples:
+            weight.assign(weight * allowed)
 
     def on_train_batch_end(self, batch, logs=None):
-        for mask, prev in self.pairs:
-            mask.assign(mask * prev)
+        for _, mask, allowed in self.triples:
+            mask.assign(mask * allowed)
 
 
 class CaptureRewind(keras.callbacks.Callback):
@@ -212,12 +224,19 @@ def rewind_step(cfg: Config, data: Dataset) -> int:
     return 0
 
 
-def _finish(mask: np.ndarray, magnitude: np.ndarray, keep: int) -> np.ndarray:
-    """Keep at most `keep` weights of `mask`, the largest: where a level had too few steps for
-    tfmot's ramp to reach its final sparsity, finish the ramp as its last update would have."""
-    if mask.sum() <= keep:
+def _finish(mask: np.ndarray, magnitude: np.ndarray, allowed: np.ndarray, keep: int
+            ) -> np.ndarray:
+    """Exactly `keep` weights of `allowed`, preferring tfmot's choice, then the largest |w|.
+
+    Where a level had too few steps for tfmot's ramp to reach its final sparsity this finishes
+    the ramp as its last update would have; where tfmot's rounding kept one weight fewer it
+    adds the largest allowed one back, so every layer ends at exactly its allocation.
+    """
+    mask = mask & allowed
+    if mask.sum() == keep:
         return mask
-    score = np.where(mask, magnitude, -1.0).ravel()
+    # tfmot's picks first, then the other allowed weights, each by magnitude
+    score = np.where(mask, magnitude + 1e30, np.where(allowed, magnitude, -1.0)).ravel()
     out = np.zeros(score.size, bool)
     out[np.argpartition(-score, keep - 1)[:keep]] = True
     return out.reshape(mask.shape)
@@ -225,21 +244,36 @@ def _finish(mask: np.ndarray, magnitude: np.ndarray, keep: int) -> np.ndarray:
 
 def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
                   rewind: dict, prev_model: keras.Model, prev_masks: M.Masks, steps: int
-                  ) -> tuple[keras.Model, M.Masks, float]:
+                  ) -> tuple[keras.Model, M.Masks, float, M.Masks, dict]:
     """Allocate level `level`'s masks globally, rewind `model` to θ_k and wrap it with tfmot.
 
-    Returns the wrapped model (weights θ_k * starting mask), the allocated masks and the global
-    threshold. In oneshot mode training starts from the allocated masks; in polynomial mode from
-    the previous level's, and tfmot ramps each layer to its allocated sparsity.
+    Returns the wrapped model (weights θ_k * starting mask), the allocated masks, the global
+    threshold, the allowed set (the weights this level may keep: the previous masks, minus the
+    filters the structure step kills) and the filters killed per layer. In oneshot mode
+    training starts from the allocated masks; in polynomial mode from the allowed set, and
+    tfmot ramps each layer to its allocated sparsity.
     """
     target = (1.0 - cfg.lottery.prune_fraction) ** level
-    new_masks, threshold = M.global_allocation(M.kernels(prev_model, names), prev_masks, target)
-    set_weights(model, rewind)
-    schedules = {n: _schedule(cfg, 1.0 - float(prev_masks[n].mean()),
+    prev_kernels = M.kernels(prev_model, names)
+    allowed, killed = prev_masks, {}
+    if cfg.lottery.structure == "filters":
+        graph = S.channel_graph(model, names)
+        prev_layers = {l.name: l for l in iter_layers(prev_model)}
+        gammas = {p: prev_layers[bn].gamma.numpy() for p, bn in graph.bn.items()
+                  if getattr(prev_layers.get(bn), "gamma", None) is not None}
+        allowed, killed = S.structured_allowed(cfg.lottery.filter_fraction, prev_kernels,
+                                               prev_masks, graph, gammas,
+                                               M.classifier_name(model))
+    new_masks, threshold = M.global_allocation(prev_kernels, allowed, target, clip=True)
+    # weight rewinding (the paper's): survivors restart from θ_k; learning-rate rewinding
+    # (Renda et al. 2020): they keep the values the previous level trained, the LR schedule
+    # restarts. Either way the masks, not the weights, are what a level inherits.
+    set_weights(model, rewind if cfg.lottery.rewind == "weights" else get_weights(prev_model))
+    schedules = {n: _schedule(cfg, 1.0 - float(allowed[n].mean()),
                               1.0 - float(new_masks[n].mean()), steps) for n in names}
     wrapped = _wrap(model, schedules)
-    _assign_masks(wrapped, new_masks if cfg.lottery.schedule == "oneshot" else prev_masks)
-    return wrapped, new_masks, threshold
+    _assign_masks(wrapped, new_masks if cfg.lottery.schedule == "oneshot" else allowed)
+    return wrapped, new_masks, threshold, allowed, killed
 
 
 def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
@@ -257,9 +291,10 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                                   cfg.lottery.exclude_layers)
         callbacks: list = []
         capture = None
-        threshold = None
+        threshold, killed = None, {}
         if level == 0:
             masks = {n: np.ones(w.shape, bool) for n, w in M.kernels(model, names).items()}
+            new_masks = masks
             k = rewind_step(cfg, data)
             if k == 0:
                 rewind = get_weights(model)
@@ -268,9 +303,14 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 callbacks.append(capture)
             trained = model
         else:
-            trained, new_masks, threshold = prepare_level(
+            trained, new_masks, threshold, allowed, killed = prepare_level(
                 cfg, model, names, level, rewind, prev_model, prev_masks, steps)
-            callbacks += [sparsity.UpdatePruningStep(), KeepPruned(trained, prev_masks)]
+            callbacks += [sparsity.UpdatePruningStep(), KeepPruned(trained, allowed)]
+            if cfg.lottery.structure == "filters":
+                dead = {n: ~S.filter_alive(m) for n, m in allowed.items()}
+                callbacks.append(S.HoldDeadChannels(S.hold_pairs(model, dead)))
+        if cfg.lottery.gamma_l1:
+            trained.add_loss(S.gamma_l1_loss(model, cfg.lottery.gamma_l1))
         T.compile_model(trained, cfg.train, T.steps_per_epoch(data, cfg.train.batch_size))
     fit = T.fit(trained, data, cfg.train, seed=cfg.seed + level, what=what, callbacks=callbacks)
     resurrected = 0
@@ -278,8 +318,8 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
         for name, w in _wrappers(trained).items():
             weight, mask, _ = w.pruning_vars[0]
             m = mask.numpy().astype(bool)
-            resurrected += int((m & ~prev_masks[name]).sum())
-            m = _finish(m & prev_masks[name], np.abs(weight.numpy()), int(new_masks[name].sum()))
+            resurrected += int((m & ~allowed[name]).sum())
+            m = _finish(m, np.abs(weight.numpy()), allowed[name], int(new_masks[name].sum()))
             mask.assign(m.astype(np.float32))
             weight.assign(weight * mask)
         masks = {n: w.pruning_vars[0][1].numpy().astype(bool)
@@ -295,6 +335,7 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
         train_seconds=fit.seconds, epochs=cfg.train.epochs,
         val_accuracy=T.evaluate(model, data, "val"), test_accuracy=T.evaluate(model, data, "test"),
         threshold=threshold, resurrected=resurrected,
+        allocated={n: int(m.sum()) for n, m in new_masks.items()}, killed_filters=killed,
         history={k: [float(v) for v in vs] for k, vs in fit.history.items()},
         **_stats(model, names, masks))
     return model, masks, result, rewind

@@ -56,19 +56,23 @@ def density(masks: Masks) -> float:
     return float(sum(int(m.sum()) for m in masks.values()) / max(total, 1))
 
 
-def global_allocation(weights: dict[str, np.ndarray], masks: Masks, target: float
-                      ) -> tuple[Masks, float]:
+def global_allocation(weights: dict[str, np.ndarray], masks: Masks, target: float,
+                      clip: bool = False) -> tuple[Masks, float]:
     """Keep the `target` fraction of all weights with the largest |w| among the surviving ones.
 
     Returns the new masks (a subset of `masks`) and the global magnitude threshold. Exactly
     round(target * total) weights survive (ties broken by position); every layer keeps at least
-    one weight, as tfmot does, so no layer is cut off entirely by the ranking.
+    one weight, as tfmot does, so no layer is cut off entirely by the ranking. With `clip`, a
+    target above what `masks` still allows keeps every allowed weight instead of failing (the
+    structure step can remove more than one level's share).
     """
     names = list(weights)
     total = sum(weights[n].size for n in names)
     keep = max(int(round(target * total)), len(names))
     scores = np.concatenate([np.where(masks[n], np.abs(weights[n]), -1.0).ravel() for n in names])
     alive = int((scores >= 0).sum())
+    if keep > alive and clip:
+        keep = alive
     if keep > alive:
         raise ValueError(f"cannot keep {keep} weights: only {alive} survive")
     order = np.argpartition(-scores, keep - 1)[:keep]
@@ -103,3 +107,4 @@ def save_masks(path, masks: Masks) -> None:
 def load_masks(path) -> Masks:
     with np.load(path) as z:
         return {k: z[k].astype(bool) for k in z.files}
+

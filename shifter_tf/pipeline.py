@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from shifter_tf import lottery
 from shifter_tf.config import Config, load_config
 from shifter_tf.data import Dataset, load_dataset
+from shifter_tf.finetune import finetune_run, finetuned_dir, finetuned_levels
 from shifter_tf.io import atomic_dir, atomic_write_json
 from shifter_tf.models import import_custom_objects
 from shifter_tf.portfolio import Candidate, build_portfolio, format_table
@@ -77,6 +78,21 @@ def prune_run(run: Path, force: Optional[bool] = None, data: Optional[Dataset] =
     return "\n".join(rows)
 
 
+def below_floor(run: Path, cfg: Config) -> dict[int, float]:
+    """Levels more than `portfolio.max_accuracy_drop` below dense test accuracy: {level: acc}.
+
+    They stay in the run (levels/, pruned/) and the report lists them, but the portfolio
+    never offers the device a model that has collapsed.
+    """
+    drop = cfg.portfolio.max_accuracy_drop
+    results = lottery.load_results(run)
+    dense = next((r.test_accuracy for r in results if r.level == 0), None)
+    if drop is None or dense is None:
+        return {}
+    return {r.level: r.test_accuracy for r in results
+            if r.level > 0 and r.test_accuracy < dense - drop - 1e-9}
+
+
 def candidates(run: Path, cfg: Config) -> list[Candidate]:
     """What goes into the portfolio: dense (level 0), each sparse level, each pruned level.
 
@@ -85,7 +101,8 @@ def candidates(run: Path, cfg: Config) -> list[Candidate]:
     """
     kinds, precisions = cfg.export.kinds, cfg.export.precisions
     out = []
-    results = {r.level: r for r in lottery.load_results(run)}
+    below = set(below_floor(run, cfg))
+    results = {r.level: r for r in lottery.load_results(run) if r.level not in below}
     if "dense" in kinds and 0 in results:
         out.append(Candidate("dense", 0, 1.0, lambda: lottery.load_level_model(run, 0),
                              precisions))
@@ -104,6 +121,13 @@ def candidates(run: Path, cfg: Config) -> list[Candidate]:
                                  lambda p=path: keras.models.load_model(p, compile=False,
                                                                         safe_mode=False),
                                  precisions, parent_kind="sparse",
+                                 sparse_encoding=cfg.export.sparse_encoding))
+        if cfg.surgery.finetune_epochs and level in finetuned_levels(run):
+            path = finetuned_dir(run, level) / "model.keras"
+            out.append(Candidate("finetuned", level, r.density,
+                                 lambda p=path: keras.models.load_model(p, compile=False,
+                                                                        safe_mode=False),
+                                 precisions, parent_kind="pruned",
                                  sparse_encoding=cfg.export.sparse_encoding))
     return out
 
@@ -135,6 +159,10 @@ def run_all(cfg: Config, out: Path, resume: bool = False,
     t = time.perf_counter()
     prune_run(out, data=data)
     timings["prune_s"] = time.perf_counter() - t
+    if cfg.surgery.finetune_epochs:
+        t = time.perf_counter()
+        finetune_run(out, cfg, data, pruned_dir)
+        timings["finetune_s"] = time.perf_counter() - t
     t = time.perf_counter()
     export_run(out, data=data)
     timings["export_s"] = time.perf_counter() - t

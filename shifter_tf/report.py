@@ -104,6 +104,7 @@ def write_report(run: Path) -> Path:
                                 "PROBLEMS:\n" + "\n".join(f"- {p}" for p in problems)), "",
              "## Levels (training)", "",
              lottery.format_table(lottery.load_results(run)), "",
+             *_floor_lines(run),
              "## Variants (measured on the TFLite interpreter)", "", format_table(manifest), "",
              "## Smallest pruned variant against its sparse twin", ""]
     lines += _twin_lines(manifest)
@@ -118,6 +119,21 @@ def write_report(run: Path) -> Path:
     out = run / "report.md"
     atomic_write_text(out, "\n".join(lines))
     return out
+
+
+def _floor_lines(run: Path) -> list[str]:
+    """The levels kept out of the portfolio by the accuracy floor, if any."""
+    from shifter_tf.pipeline import below_floor, run_config
+    cfg = run_config(run)
+    below = below_floor(run, cfg)
+    if not below:
+        return []
+    dense = next(r.test_accuracy for r in lottery.load_results(run) if r.level == 0)
+    return [f"**Not deployed** (test accuracy more than "
+            f"{cfg.portfolio.max_accuracy_drop * 100:g} point below dense {dense:.4f}, "
+            "`portfolio.max_accuracy_drop`): " +
+            ", ".join(f"level {l} ({a:.4f})" for l, a in sorted(below.items())) +
+            ". They stay in `levels/` and `pruned/`.", ""]
 
 
 def smallest_pruned_vs_sparse(manifest: dict):

@@ -28,59 +28,15 @@ from shifter_tf.config import Config, save_config
 from shifter_tf.data import Dataset, load_dataset
 from shifter_tf.io import atomic_dir, atomic_save, atomic_write_json
 from shifter_tf.lottery import _assign_masks, _FixedMask, _wrap, _wrappers, make_model
-from shifter_tf.models import iter_layers
 from shifter_tf.pai.reconvene import PaiPlan, prune_at_init
 from shifter_tf.pai.scores import PaiError
 from shifter_tf.pai.settings import PaiConfig, pai_settings, settings_from
+from shifter_tf.structure import HoldDeadChannels, hold_pairs
 
 sparsity = tfmot.sparsity.keras
 
 
 # ---------------------------------------------------------------- training with fixed masks
-def hold_pairs(model: keras.Model, dead: dict) -> list[tuple[tf.Variable, np.ndarray]]:
-    """(variable, keep-vector) for the bias and the directly following BN's gamma/beta of each
-    dead output channel; model outputs (the classifier) are left alone."""
-    layers = {l.name: l for l in iter_layers(model)}
-    outputs = set(getattr(model, "output_names", []))
-    pairs = []
-    for name, d in dead.items():
-        layer = layers[name]
-        if not d.any() or name in outputs:
-            continue
-        keep = (~d).astype(np.float32)
-        if getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
-            pairs.append((layer.bias, keep))
-        bns = [n.outbound_layer for n in layer._outbound_nodes
-               if isinstance(n.outbound_layer, keras.layers.BatchNormalization)]
-        if len(bns) == 1 and bns[0].axis in ([-1], [len(layer.output_shape) - 1]):
-            bn = bns[0]
-            pairs += [(v, keep) for v in (bn.gamma, bn.beta) if v is not None]
-    return pairs
-
-
-class HoldDeadChannels(keras.callbacks.Callback):
-    """Keep bias and BN gamma/beta of dead channels at 0 during training.
-
-    A pruned filter followed by BN otherwise carries the learnt constant act(beta), which the
-    rewriter cannot remove exactly in front of a zero-padded conv: held at 0, the channel is
-    truly empty and goes (the whole channel is what structured pruning removes, BN included).
-    """
-
-    def __init__(self, pairs: list):
-        super().__init__()
-        self.pairs = [(v, tf.constant(k)) for v, k in pairs]
-
-    def hold(self):
-        for v, k in self.pairs:
-            v.assign(v * k)
-
-    def on_train_begin(self, logs=None):
-        self.hold()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.hold()
-
-
 def train_masked(cfg: Config, data: Dataset, model: keras.Model, plan: PaiPlan, what: str
                  ) -> tuple[keras.Model, T.FitResult]:
     """One training run with tfmot holding `plan.masks` fixed; returns the stripped model."""

@@ -256,3 +256,16 @@ def test_device_profile_overrides_manifest_latency(make_switcher, tmp_portfolio)
     pdoc["variants"]["L02-pruned-fp32"]["sha256"] = "0" * 64
     (tmp_portfolio / "device_profile.json").write_text(json.dumps(pdoc))
     assert "L02-pruned-fp32" not in load_profile(tmp_portfolio, m).variants
+
+
+def test_min_accuracy_keeps_the_policy_off_less_accurate_variants(make_switcher):
+    accs = {v.id: v.accuracy for v in make_switcher().variants}
+    floor = sorted(accs.values())[1]              # the least accurate variant is below it
+    sw = make_switcher(min_accuracy=floor)
+    below = sorted(k for k, a in accs.items() if a < floor)
+    assert below and sw.stats()["below_min_accuracy"] == below
+    sw.set_budget(latency_ms=1e-6)                # nothing fits: the policy goes fastest...
+    sw.decide(force=True)
+    assert sw.active not in below                 # ...but never below the floor
+    with pytest.raises(VariantUnavailable, match="min_accuracy"):
+        make_switcher(min_accuracy=1.01)

@@ -1,0 +1,213 @@
+"""Pareto benchmark of issue 12: does the deployed portfolio beat "just train a smaller model"?
+
+    .venv/bin/python tools/bench_pareto.py --run runs/demo --out bench [--config CONFIG]
+
+Every point is an fp32 TFLite file scored on the same test split with the same runner and timed
+interleaved in one process (`tools/bench_latency.py`, 1 thread, median of round-by-round ratios
+against the dense model). Points, each cached under OUT/pareto/ so a rerun only redoes what is
+missing:
+- the deployed portfolio of RUN (dense + pruned fp32 variants in its manifest);
+- width-scaled dense baselines of the same architecture trained from scratch with the same
+  recipe, at one level's epochs and at the whole IMP run's epochs (milestones scaled);
+- tfmot's own deployment path: each sparse level, strip_pruning + EXPERIMENTAL_SPARSITY;
+- Reconvene (`shifter-tf pai` with the config's pai section);
+- Sony's Model Compression Toolkit, when `tools/bench_mct.py` has written OUT/mct/mct.json;
+- ablation arms: the same IMP run with each structure-inducing option switched, deployed the
+  same way (`--arms name=KEY=VALUE,...`; default: the paper's plain IMP).
+Writes OUT/raw/pareto.json; `tools/pareto_report.py` renders the table, coverage and plot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from shifter_tf.io import atomic_write_json  # noqa: E402  (no TensorFlow import)
+
+DEFAULT_ARMS = ["plain_imp=lottery.structure=none"]
+WIDTHS = [0.75, 0.5, 0.375, 0.25]
+
+
+def log(msg: str) -> None:
+    print(f"[pareto {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def shifter(*args) -> list:
+    return [str(Path(sys.executable).with_name("shifter-tf")), *map(str, args)]
+
+
+def run_quiet(cmd: list, logfile: Path) -> None:
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "w") as f:
+        p = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if p.returncode:
+        raise SystemExit(f"{' '.join(map(str, cmd[:3]))} failed (exit {p.returncode}); "
+                         f"see {logfile}")
+
+
+def portfolio_points(run: Path, source: str, kinds=("dense", "pruned")) -> list[dict]:
+    """fp32 dense/pruned variants of a deployed portfolio, as Pareto points."""
+    manifest = json.loads((run / "portfolio" / "manifest.json").read_text())
+    pts = []
+    for v in manifest["variants"]:
+        if v["precision"] == "fp32" and v["kind"] in kinds:
+            pts.append({"id": f"{source}/{v['id']}", "source": source, "kind": v["kind"],
+                        "level": v.get("level"), "density": v.get("density"),
+                        "accuracy": v["accuracy"], "bytes": v["bytes"],
+                        "params": v.get("params_total"), "macs": v.get("macs"),
+                        "file": str(run / "portfolio" / v["file"])})
+    return pts
+
+
+def baseline_points(cfg_path: str, out: Path, epochs_list: list[int]) -> list[dict]:
+    """Width-scaled dense models trained from scratch (cached per width and epochs)."""
+    import bench_baselines as B
+    pts = []
+    for epochs in epochs_list:
+        for w in WIDTHS:
+            pts.append(B.cached_baseline(cfg_path, out / "baselines", w, epochs))
+    return pts
+
+
+def tfmot_points(run: Path, out: Path) -> list[dict]:
+    """tfmot's deployment path for each sparse level: the file tfmot's guide tells you to ship."""
+    import bench_baselines as B
+    return B.tfmot_sparse_points(run, out / "tfmot")
+
+
+def arm_points(cfg_path: str, out: Path, name: str, sets: list[str]) -> list[dict]:
+    """An IMP run with other settings, deployed like the demo (fp32 only)."""
+    folder = out / "arms" / name
+    if not (folder / "portfolio" / "manifest.json").exists():
+        log(f"arm {name}: training and deploying ({', '.join(sets)})")
+        cmd = shifter("run", "--config", cfg_path, "--out", folder,
+                      "--set", "export.precisions=[fp32]", "--set", "export.kinds=[dense,pruned]",
+                      "--set", "export.latency_runs=5", "--set", "train.verbose=0")
+        for s in sets:
+            cmd += ["--set", s]
+        if (folder / "levels").exists():
+            cmd.append("--resume")
+        run_quiet(cmd, out / "logs" / f"arm_{name}.log")
+    pts = portfolio_points(folder, f"arm:{name}", kinds=("pruned",))
+    levels = json.loads((folder / "lottery.json").read_text())
+    for p in pts:
+        lv = next((r for r in levels if r["level"] == p["level"]), None)
+        if lv:
+            p["zero_filters"] = sum(v for k, v in lv["zero_filters"].items())
+    return pts
+
+
+def pai_points(cfg_path: str, out: Path) -> list[dict]:
+    folder = out / "pai"
+    manifest = folder / "pai" / "portfolio" / "manifest.json"
+    if not manifest.exists():
+        log("Reconvene: pruning at init and one training run")
+        run_quiet(shifter("pai", "--config", cfg_path, "--out", folder, "--overwrite",
+                          "--set", "export.precisions=[fp32]", "--set", "train.verbose=0"),
+                  out / "logs" / "pai.log")
+    pts = portfolio_points(folder / "pai", "reconvene", kinds=("pruned",))
+    return pts
+
+
+def mct_points(out: Path) -> list[dict]:
+    doc = out / "mct" / "mct.json"
+    if not doc.exists():
+        log(f"MCT: {doc} missing (run tools/bench_mct.py in .venv-mct); skipped")
+        return []
+    pts = []
+    for r in json.loads(doc.read_text()):
+        f = Path(r["file"])
+        f = f if f.is_absolute() else out / "mct" / f
+        pts.append({"id": f"mct/{r['id']}", "source": "mct", "kind": "pruned+finetuned",
+                    "accuracy": r["accuracy"], "bytes": f.stat().st_size,
+                    "params": r.get("params"), "file": str(f), "target": r.get("target")})
+    return pts
+
+
+def time_points(points: list[dict], reference: str, out: Path, rounds: int) -> dict:
+    """Interleaved 1-thread latency of every point against `reference` (one group)."""
+    spec = {"threads": [1], "rounds": rounds, "min_rounds": 5, "block_ms": 4.0, "warmup": 3,
+            "groups": [{"id": "pareto", "reference": reference,
+                        "variants": {p["id"]: p["file"] for p in points}}]}
+    spec_path = out / "raw" / "pareto_latency_spec.json"
+    atomic_write_json(spec_path, spec)
+    res_path = out / "raw" / "pareto_latency.json"
+    run_quiet([sys.executable, ROOT / "tools" / "bench_latency.py", spec_path, "--out", res_path],
+              out / "logs" / "pareto_latency.log")
+    return json.loads(res_path.read_text())
+
+
+def _latency_rows(lat: dict) -> dict:
+    """{variant id: {"ms": median, "speedup": ref/variant median ratio}} from bench_latency."""
+    res = lat["groups"][0]["by_threads"][0]
+    return {vid: {"ms": v["median_ms"], "speedup": res["vs_reference"][vid]["median"]}
+            for vid, v in res["variants"].items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="runs/demo")
+    ap.add_argument("--config", default="configs/mnist5k_vgg.yaml")
+    ap.add_argument("--out", default="bench")
+    ap.add_argument("--arms", nargs="*", default=DEFAULT_ARMS,
+                    help="ablation arms: NAME=KEY=VALUE[,KEY=VALUE...]")
+    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["baselines", "long", "tfmot", "pai", "mct", "arms"])
+    args = ap.parse_args(argv)
+    out, run = Path(args.out).resolve(), Path(args.run).resolve()
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from shifter_tf.config import load_config
+    cfg = load_config(args.config)
+    level_epochs = cfg.train.epochs
+    run_epochs = level_epochs * (cfg.lottery.levels + 1)
+    started = time.perf_counter()
+
+    points = portfolio_points(run, "portfolio")
+    dense = next(p for p in points if p["kind"] == "dense")
+    if "baselines" not in args.skip:
+        epochs = [level_epochs] + ([] if "long" in args.skip else [run_epochs])
+        log(f"baselines: widths {WIDTHS} at {epochs} epochs")
+        points += baseline_points(args.config, out / "pareto", epochs)
+    if "tfmot" not in args.skip:
+        points += tfmot_points(run, out / "pareto")
+    if "pai" not in args.skip:
+        points += pai_points(args.config, out / "pareto")
+    if "mct" not in args.skip:
+        points += mct_points(out)
+    arms = {}
+    if "arms" not in args.skip:
+        for spec in args.arms:
+            name, _, sets = spec.partition("=")
+            pts = arm_points(args.config, out / "pareto", name, sets.split(","))
+            arms[name] = sets
+            points += pts
+    log(f"timing {len(points)} files interleaved, 1 thread")
+    lat = _latency_rows(time_points(points, dense["id"], out, args.rounds))
+    for p in points:
+        p.update({"ms": lat[p["id"]]["ms"], "speedup": lat[p["id"]]["speedup"]})
+    levels = json.loads((run / "lottery.json").read_text())
+    doc = {"run": str(run), "config": args.config, "level_epochs": level_epochs,
+           "run_epochs": run_epochs, "dense": dense["id"], "arms": arms,
+           "run_levels": [{k: r[k] for k in ("level", "density", "test_accuracy",
+                                             "zero_filters", "filters")} for r in levels],
+           "points": points, "seconds": round(time.perf_counter() - started, 1)}
+    atomic_write_json(out / "raw" / "pareto.json", doc)
+    log(f"wrote {out / 'raw' / 'pareto.json'} in {doc['seconds']:.0f} s")
+    run_quiet([sys.executable, ROOT / "tools" / "pareto_report.py", "--out", out],
+              out / "logs" / "pareto_report.log")
+    print((out / "PARETO.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

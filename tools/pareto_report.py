@@ -1,0 +1,170 @@
+"""Render the Pareto benchmark (OUT/raw/pareto.json): OUT/PARETO.md and OUT/plots/pareto.png.
+
+    .venv/bin/python tools/pareto_report.py --out bench
+
+A baseline is *covered* when a deployed variant is at most 0.5 point less accurate and at most
+1.1x slower (1 thread, interleaved medians): the user gets at least the same from the portfolio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from shifter_tf.io import atomic_write_text  # noqa: E402
+
+ACC_SLACK, LAT_SLACK = 0.005, 1.1
+
+
+def covers(v: dict, b: dict) -> bool:
+    return v["accuracy"] >= b["accuracy"] - ACC_SLACK and v["ms"] <= LAT_SLACK * b["ms"]
+
+
+def coverage(deployed: list[dict], baseline: dict) -> dict | None:
+    """The best deployed variant covering `baseline` (most accurate, then fastest), or None."""
+    ok = [v for v in deployed if covers(v, baseline)]
+    return max(ok, key=lambda v: (v["accuracy"], -v["ms"])) if ok else None
+
+
+def front(points: list[dict]) -> list[dict]:
+    """Points no other point beats on both accuracy and latency."""
+    return [p for p in points if not any(
+        q["accuracy"] >= p["accuracy"] and q["ms"] <= p["ms"] and
+        (q["accuracy"] > p["accuracy"] or q["ms"] < p["ms"]) for q in points)]
+
+
+def _label(p: dict) -> str:
+    return p["id"].replace("portfolio/", "")
+
+
+def table(points: list[dict], dense_ms: float) -> list[str]:
+    rows = ["| point | source | test acc | ms @1 thread | speed-up vs dense | KiB | params |",
+            "|:--|:--|--:|--:|--:|--:|--:|"]
+    for p in sorted(points, key=lambda p: (p["source"], -p["ms"])):
+        rows.append(f"| {_label(p)} | {p['source']} | {p['accuracy']:.3f} | {p['ms']:.3f} | "
+                    f"{p['speedup']:.2f}× | {p['bytes'] / 1024:.1f} | "
+                    f"{(p.get('params') or 0):,} |")
+    return rows
+
+
+def plot(points: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"portfolio": ("o", "C0"), "baseline_e": ("s", "C1"), "tfmot": ("x", "C2"),
+              "reconvene": ("^", "C3"), "mct": ("D", "C4"), "arm:": ("v", "C5")}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, key, xlabel in ((axes[0], "ms", "latency, ms (1 thread, interleaved median)"),
+                            (axes[1], "kib", "file size, KiB")):
+        groups: dict = {}
+        for p in points:
+            groups.setdefault(p["source"], []).append(p)
+        for src, pts in sorted(groups.items()):
+            marker, color = next((v for k, v in styles.items() if src.startswith(k)),
+                                 (".", "C7"))
+            if src.startswith("baseline_e"):
+                color = "C1" if src.endswith(str(min(int(q["epochs"]) for q in pts))) else "C8"
+            pts = sorted(pts, key=lambda p: p["ms"])
+            xs = [p["ms"] if key == "ms" else p["bytes"] / 1024 for p in pts]
+            ax.plot(xs, [p["accuracy"] for p in pts], marker=marker, color=color, label=src,
+                    linestyle="-" if src == "portfolio" else "none", alpha=0.85)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (TFLite fp32)")
+        lo = min(p["accuracy"] for p in points)
+        ax.set_ylim(max(lo - 0.01, 0.9 if lo > 0.9 else lo - 0.01), None)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Portfolio vs training a smaller model, tfmot, Reconvene, MCT (mnist5k)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(doc: dict, out: Path) -> str:
+    pts = doc["points"]
+    deployed = [p for p in pts if p["source"] == "portfolio"]
+    dense = next(p for p in deployed if p["kind"] == "dense")
+    lines = ["## Pareto: the portfolio against training a smaller model", "",
+             f"All points fp32 TFLite, accuracy on the same {doc.get('test_size', '')} test "
+             "images, latency at 1 thread timed interleaved in one process (median of rounds; "
+             f"speed-up = median of round-by-round ratios to `{_label(dense)}`). Baselines use "
+             f"the same recipe for {doc['level_epochs']} epochs (one IMP level) and "
+             f"{doc['run_epochs']} epochs (the whole IMP run). Covered = a deployed variant at "
+             f"most {ACC_SLACK * 100:.1f} point less accurate and at most {LAT_SLACK}× slower.",
+             "", "![pareto](plots/pareto.png)", "", *table(pts, dense["ms"]), "",
+             "### Coverage of each peer point", ""]
+    peers = [p for p in pts if p["source"] != "portfolio"]
+    n_cov = 0
+    for b in sorted(peers, key=lambda p: (p["source"], -p["ms"])):
+        v = coverage(deployed, b)
+        n_cov += v is not None
+        lines.append(f"- {_label(b)} ({b['accuracy']:.3f} at {b['ms']:.3f} ms): " + (
+            f"**covered** by {_label(v)} ({v['accuracy']:.3f} at {v['ms']:.3f} ms)" if v else
+            "**not covered**"))
+    base = [b for b in peers if b["source"].startswith("baseline")]
+    n_base = sum(coverage(deployed, b) is not None for b in base)
+    fast = [v for v in deployed if v["kind"] == "pruned" and
+            v["accuracy"] >= dense["accuracy"] - 0.01]
+    best = max(fast, key=lambda v: v["speedup"], default=None)
+    lines += ["", f"Width-scaled baselines covered: **{n_base} of {len(base)}**; all peer "
+              f"points covered: {n_cov} of {len(peers)}.",
+              (f"Fastest pruned variant within 1 point of dense: **{_label(best)}**, "
+               f"{best['accuracy']:.3f} at **{best['speedup']:.2f}×** dense speed."
+               if best else "No pruned variant within 1 point of dense."), ""]
+    lines += ablation(doc, pts)
+    plot(pts, out / "plots" / "pareto.png")
+    return "\n".join(lines) + "\n"
+
+
+def ablation(doc: dict, pts: list[dict]) -> list[str]:
+    """The deployed run against each ablation arm: accuracy, zero filters and speed per level."""
+    arms = sorted({p["source"] for p in pts if p["source"].startswith("arm:")})
+    if not arms:
+        return []
+    lines = ["### Ablation: structure-inducing training against the paper's plain IMP", "",
+             "Per level: test accuracy (TFLite) / zero filters / speed-up vs dense of the "
+             "deployed pruned fp32 variant. `portfolio` is the run `make demo` deploys; "
+             "arms are the same run with one setting changed: " +
+             "; ".join(f"`{k}`: `{v}`" for k, v in doc.get("arms", {}).items()) + ".", "",
+             "| level | portfolio | " + " | ".join(a[4:] for a in arms) + " |",
+             "|--:|:--|" + "|".join(":--" for _ in arms) + "|"]
+    zf = {r["level"]: sum(r["zero_filters"].values()) for r in doc.get("run_levels", [])}
+    by = {}
+    for p in pts:
+        if p.get("level") and p["kind"] == "pruned" and (
+                p["source"] == "portfolio" or p["source"].startswith("arm:")):
+            by[(p["source"], p["level"])] = p
+    levels = sorted({lv for _, lv in by})
+    for lv in levels:
+        def cell(src, z=None):
+            p = by.get((src, lv))
+            if p is None:
+                return "not deployed"
+            z = p.get("zero_filters", z)
+            return f"{p['accuracy']:.3f} / {z if z is not None else '?'} / {p['speedup']:.2f}×"
+        lines.append(f"| {lv} | {cell('portfolio', zf.get(lv))} | " +
+                     " | ".join(cell(a) for a in arms) + " |")
+    return lines + [""]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    doc = json.loads((out / "raw" / "pareto.json").read_text())
+    text = render(doc, out)
+    atomic_write_text(out / "PARETO.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
