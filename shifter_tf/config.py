@@ -81,6 +81,7 @@ class LotteryConfig:
     # score (|γ| of the BN after the conv, else the filter's L2 norm) before the global magnitude
     # allocation; their BN γ and β are held at zero so the channel is exactly removable.
     rewind: str = "weights"          # weights (θ_k, the paper's) | lr (keep weights, restart LR)
+    dense_epochs: Optional[int] = None   # level 0's epochs (default train.epochs)
     structure: str = "none"          # none (the paper's plain IMP) | filters
     filter_fraction: float = 0.2     # structure=filters: of the surviving filters, per level
     gamma_l1: float = 0.0            # L1 penalty on BN γ during training (network slimming)
@@ -263,6 +264,8 @@ def _validate(cfg: Config, source: str) -> None:
         bad("lottery.rewind_iterations", "set rewind_iterations or rewind_epochs, not both")
     if not 0.0 < lt.ramp_fraction <= 1.0:
         bad("lottery.ramp_fraction", f"must be in (0, 1], got {lt.ramp_fraction}")
+    if lt.dense_epochs is not None and lt.dense_epochs < 1:
+        bad("lottery.dense_epochs", f"must be >= 1, got {lt.dense_epochs}")
     if lt.rewind not in ("weights", "lr"):
         bad("lottery.rewind", f"must be weights or lr, got {lt.rewind!r}")
     if lt.structure not in ("none", "filters"):

@@ -16,7 +16,7 @@ Layout of a run folder (each level written atomically, so a killed run resumes c
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -30,11 +30,12 @@ from tqdm.auto import tqdm
 
 from shifter_tf import masks as M
 from shifter_tf import structure as S
+from shifter_tf import wrappers as W
 from shifter_tf import train as T
 from shifter_tf.config import Config, ConfigError, load_config, save_config
 from shifter_tf.data import Dataset, load_dataset
 from shifter_tf.io import atomic_dir, atomic_save, atomic_write_json
-from shifter_tf.models import build_model, iter_layers, load_user_model
+from shifter_tf.models import iter_layers, model_for
 
 sparsity = tfmot.sparsity.keras
 
@@ -61,10 +62,9 @@ class LevelResult:
 
 # ---------------------------------------------------------------- model and weights by name
 def make_model(cfg: Config, data: Dataset) -> keras.Model:
-    """The config's model: a zoo builder, or the user's file (Lambda refused unless unsafe)."""
-    if cfg.model.path:
-        return load_user_model(cfg.model.path, unsafe=cfg.model.unsafe)
-    return build_model(cfg.model.name, data.input_shape, data.num_classes, **cfg.model.kwargs)
+    """The config's model checked against the data: a zoo builder, or the user's file (Lambda
+    and custom objects refused unless `model.unsafe`)."""
+    return model_for(cfg.model, data.input_shape, data.num_classes)
 
 
 def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
@@ -110,83 +110,6 @@ def finished_levels(run: Path) -> list[int]:
 def load_results(run: Path) -> list[LevelResult]:
     return [LevelResult(**json.loads((level_dir(run, l) / "metrics.json").read_text()))
             for l in finished_levels(run)]
-
-
-# ---------------------------------------------------------------- tfmot plumbing
-class _FixedMask(sparsity.PruningSchedule):
-    """A schedule that never re-picks masks: the masks we assign are the masks trained with."""
-
-    def __init__(self, target: float):
-        self.target = float(target)
-
-    def __call__(self, step):
-        return tf.constant(False), tf.constant(self.target, tf.float32)
-
-    def get_config(self):
-        return {"class_name": self.__class__.__name__, "config": {"target": self.target}}
-
-
-def _schedule(cfg: Config, start: float, end: float, steps: int) -> sparsity.PruningSchedule:
-    """tfmot's PolynomialDecay from `start` to `end` over the first `ramp_fraction` of the level.
-
-    tfmot reaches `final_sparsity` only on a step that is a multiple of `frequency`, so the ramp
-    length is rounded to one; a level too short to ramp is finished by `_finish`.
-    """
-    if cfg.lottery.schedule == "oneshot" or end <= start:
-        return _FixedMask(end)
-    freq = max(1, min(cfg.lottery.ramp_frequency, steps // 4))
-    ramp = int(np.ceil(cfg.lottery.ramp_fraction * steps / freq)) * freq
-    ramp = max(freq, min(ramp, (steps - 1) // freq * freq))
-    return sparsity.PolynomialDecay(initial_sparsity=start, final_sparsity=end,
-                                    begin_step=0, end_step=ramp, frequency=freq)
-
-
-def _wrap(model: keras.Model, schedules: dict[str, sparsity.PruningSchedule]) -> keras.Model:
-    """tfmot wrappers on the layers in `schedules`; weights stay shared with `model`."""
-    def clone(layer):
-        if layer.name in schedules:
-            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedules[layer.name])
-        return layer
-    return keras.models.clone_model(model, clone_function=clone)
-
-
-def _wrappers(model: keras.Model) -> dict:
-    """tfmot's PruneLowMagnitude wrappers by inner layer name (the class is not public API)."""
-    return {l.layer.name: l for l in model.layers
-            if isinstance(l, keras.layers.Wrapper) and hasattr(l, "pruning_vars")}
-
-
-def _assign_masks(wrapped: keras.Model, masks: M.Masks) -> None:
-    for name, w in _wrappers(wrapped).items():
-        weight, mask, _ = w.pruning_vars[0]
-        mask.assign(masks[name].astype(np.float32))
-        weight.assign(weight * mask)
-
-
-class KeepPruned(keras.callbacks.Callback):
-    """Hold the weights a level may not keep at zero, so tfmot never re-picks them.
-
-    tfmot re-ranks raw |w| of the whole layer at each mask update, and a pruned weight's gradient
-    and momentum move it off zero after every step. Left there, such a weight can outrank a kept
-    one; ANDing tfmot's mask with the allowed set afterwards then leaves the layer *below* its
-    allocation (the cause of the last-block collapses seen at deep levels). So before each batch
-    the disallowed weights are zeroed (they rank last) and after it tfmot's mask is ANDed with
-    the allowed set (so a pruned weight never serves even for one step).
-    """
-
-    def __init__(self, wrapped: keras.Model, allowed: M.Masks):
-        super().__init__()
-        self.triples = [(w.pruning_vars[0][0], w.pruning_vars[0][1],
-                         tf.constant(allowed[n].astype(np.float32)))
-                        for n, w in _wrappers(wrapped).items()]
-
-    def on_train_batch_begin(self, batch, logs=None):
-        for weight, _, allowed in self.triples:
-            weight.assign(weight * allowed)
-
-    def on_train_batch_end(self, batch, logs=None):
-        for _, mask, allowed in self.triples:
-            mask.assign(mask * allowed)
 
 
 class CaptureRewind(keras.callbacks.Callback):
@@ -269,11 +192,22 @@ def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
     # (Renda et al. 2020): they keep the values the previous level trained, the LR schedule
     # restarts. Either way the masks, not the weights, are what a level inherits.
     set_weights(model, rewind if cfg.lottery.rewind == "weights" else get_weights(prev_model))
-    schedules = {n: _schedule(cfg, 1.0 - float(allowed[n].mean()),
+    schedules = {n: W.schedule(cfg, 1.0 - float(allowed[n].mean()),
                               1.0 - float(new_masks[n].mean()), steps) for n in names}
-    wrapped = _wrap(model, schedules)
-    _assign_masks(wrapped, new_masks if cfg.lottery.schedule == "oneshot" else allowed)
+    wrapped = W.wrap(model, schedules)
+    W.assign_masks(wrapped, new_masks if cfg.lottery.schedule == "oneshot" else allowed)
     return wrapped, new_masks, threshold, allowed, killed
+
+
+def level_recipe(cfg: Config, level: int):
+    """The training recipe of one level: `train`, with `lottery.dense_epochs` for level 0
+    (warm-up and milestones scaled with it)."""
+    e0 = cfg.lottery.dense_epochs
+    if level or not e0 or e0 == cfg.train.epochs:
+        return cfg.train
+    k = e0 / cfg.train.epochs
+    return replace(cfg.train, epochs=e0, warmup_epochs=cfg.train.warmup_epochs * k,
+                   milestones=[m * k for m in cfg.train.milestones])
 
 
 def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
@@ -282,7 +216,8 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                                                            Optional[dict]]:
     """Train one IMP level; returns the stripped model, its masks, metrics and θ_k (level 0)."""
     keras.utils.set_random_seed(cfg.seed + level)
-    steps = T.steps_per_epoch(data, cfg.train.batch_size) * cfg.train.epochs
+    recipe = level_recipe(cfg, level)
+    steps = T.steps_per_epoch(data, recipe.batch_size) * recipe.epochs
     target = (1.0 - cfg.lottery.prune_fraction) ** level
     what = f"level {level} (density {target:.4f})"
     with strategy.scope():
@@ -305,17 +240,17 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
         else:
             trained, new_masks, threshold, allowed, killed = prepare_level(
                 cfg, model, names, level, rewind, prev_model, prev_masks, steps)
-            callbacks += [sparsity.UpdatePruningStep(), KeepPruned(trained, allowed)]
+            callbacks += [sparsity.UpdatePruningStep(), W.KeepPruned(trained, allowed)]
             if cfg.lottery.structure == "filters":
                 dead = {n: ~S.filter_alive(m) for n, m in allowed.items()}
                 callbacks.append(S.HoldDeadChannels(S.hold_pairs(model, dead)))
         if cfg.lottery.gamma_l1:
             trained.add_loss(S.gamma_l1_loss(model, cfg.lottery.gamma_l1))
-        T.compile_model(trained, cfg.train, T.steps_per_epoch(data, cfg.train.batch_size))
-    fit = T.fit(trained, data, cfg.train, seed=cfg.seed + level, what=what, callbacks=callbacks)
+        T.compile_model(trained, recipe, T.steps_per_epoch(data, recipe.batch_size))
+    fit = T.fit(trained, data, recipe, seed=cfg.seed + level, what=what, callbacks=callbacks)
     resurrected = 0
     if level > 0:
-        for name, w in _wrappers(trained).items():
+        for name, w in W.wrappers(trained).items():
             weight, mask, _ = w.pruning_vars[0]
             m = mask.numpy().astype(bool)
             resurrected += int((m & ~allowed[name]).sum())
@@ -323,7 +258,7 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
             mask.assign(m.astype(np.float32))
             weight.assign(weight * mask)
         masks = {n: w.pruning_vars[0][1].numpy().astype(bool)
-                 for n, w in _wrappers(trained).items()}
+                 for n, w in W.wrappers(trained).items()}
         model = sparsity.strip_pruning(trained)
     if capture is not None:
         if capture.weights is None:
@@ -332,7 +267,7 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
         rewind = capture.weights
     result = LevelResult(
         level=level, target_density=target, density=M.density(masks),
-        train_seconds=fit.seconds, epochs=cfg.train.epochs,
+        train_seconds=fit.seconds, epochs=recipe.epochs,
         val_accuracy=T.evaluate(model, data, "val"), test_accuracy=T.evaluate(model, data, "test"),
         threshold=threshold, resurrected=resurrected,
         allocated={n: int(m.sum()) for n, m in new_masks.items()}, killed_filters=killed,

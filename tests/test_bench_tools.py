@@ -80,6 +80,7 @@ def test_bench_latency_interleaved_and_memory(tmp_path):
 
 def test_report_renders_from_minimal_results(tmp_path):
     report = _tool("bench_report")
+    numbers = _tool("bench_numbers")
     variant = lambda b, macs, nz, acc=None: {  # noqa: E731
         "file": "x.tflite", "bytes": b, "gzip_bytes": b // 2, "params_total": 10,
         "params_nonzero": 5, "macs": macs, "macs_nonzero": nz, "accuracy": acc, "sha256": "0"}
@@ -93,15 +94,15 @@ def test_report_renders_from_minimal_results(tmp_path):
                                     "sparse": variant(1000, 100, 25, 0.9)}}]}
     by = {"threads": 1, "rounds": 5, "block": 3,
           "variants": {k: {"median_ms": 1.0, "p10_ms": 1.0, "p90_ms": 1.0, "load_ms": 1.0}
-                       for k in report.VARIANTS},
-          "vs_reference": {k: {"median": 1.5, "q25": 1.4, "q75": 1.6} for k in report.VARIANTS},
+                       for k in numbers.VARIANTS},
+          "vs_reference": {k: {"median": 1.5, "q25": 1.4, "q75": 1.6} for k in numbers.VARIANTS},
           "pairs": {"tfmot_sparse/pruned": {"median": 1.5, "q25": 1.4, "q75": 1.6}}}
     lat = {"host": {"groups": [{"id": "demo/L01", "by_threads": [by]}]}}
-    fam = report.family_results("demo", doc, lat)
+    fam = numbers.family_results("demo", doc, lat)
     results = {"meta": {}, "deployment": {"demo": fam}, "runtimes": {}, "demo": {},
-               "switching": {}, "surgery": {}, "paper": report.PAPER}
-    results["headline"] = report.headline(results)
-    results["behind"] = report.behind(results)
+               "switching": {}, "surgery": {}, "paper": numbers.PAPER}
+    results["headline"] = numbers.headline(results)
+    results["behind"] = numbers.behind(results)
     text = report.render(results)
     assert "Headline" in text and "(a) ours" in text and "1.50x" in text
     assert any("below the paper" in b for b in results["behind"])

@@ -14,8 +14,10 @@ from shifter_tf.evaluate import accuracy
 def run(tmp_path_factory, mnist_tiny):
     """Two levels at p = 0.8 (density 4%): deep filters die, so pruning has work to do."""
     run = tmp_path_factory.mktemp("run")
+    # no accuracy floor here: these tiny levels collapse, and this run tests the plumbing
     cfg = tiny_config(lottery={"levels": 2, "prune_fraction": 0.8},
-                      export={"precisions": ["fp32", "int8"]})
+                      export={"precisions": ["fp32", "int8"]},
+                      portfolio={"max_accuracy_drop": None})
     lottery.run_lottery(cfg, run, data=mnist_tiny, progress=False)
     pipeline.prune_run(run, data=mnist_tiny, progress=False)
     pipeline.export_run(run, data=mnist_tiny, progress=False)
@@ -153,3 +155,21 @@ def test_sparse_encoding_shrinks_pruned_files_without_changing_outputs(run, mnis
                                       load_runner(encoded, 1).run(x)[0])
     shipped = (run / "portfolio" / "variants" / "L02-pruned-fp32.tflite").read_bytes()
     assert len(shipped) == len(convert(pruned, "fp32", sparse=True))
+
+
+def test_accuracy_floor_keeps_collapsed_levels_out_of_the_portfolio(run, mnist_tiny, tmp_path):
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    results = {r.level: r.test_accuracy for r in lottery.load_results(copy)}
+    pipeline.export_run(copy, data=mnist_tiny, progress=False,
+                        overrides={"portfolio.max_accuracy_drop": 0.01,
+                                   "export.precisions": ["fp32"]})
+    below = {l for l, a in results.items() if l and a < results[0] - 0.01}
+    assert below, "the tiny run's 4%-density levels collapse: the floor must have work to do"
+    deployed = {v["level"] for v in json.loads(
+        (copy / "portfolio" / "manifest.json").read_text())["variants"]}
+    assert deployed == set(results) - below
+    text = report.write_report(copy).read_text()
+    assert "Not deployed" in text and all(f"level {l} (" in text for l in below)
+    assert (copy / "levels" / f"level_{max(below):02d}" / "model.keras").exists()   # kept

@@ -49,8 +49,10 @@ def test_keep_pruned_zeroes_disallowed_weights_before_tfmot_ranks():
     masks = {n: np.random.default_rng(0).random(k.shape) < 0.3
              for n, k in M.kernels(model, names).items()}
     from tensorflow_model_optimization.sparsity import keras as sp
-    wrapped = lottery._wrap(model, {n: sp.ConstantSparsity(0.5, 0) for n in names})
-    cb = lottery.KeepPruned(wrapped, masks)
+    from shifter_tf.wrappers import wrap
+    wrapped = wrap(model, {n: sp.ConstantSparsity(0.5, 0) for n in names})
+    from shifter_tf.wrappers import KeepPruned
+    cb = KeepPruned(wrapped, masks)
     cb.on_train_batch_begin(0)
     for n, k in M.kernels(model, names).items():
         assert not k[~masks[n]].any() and k[masks[n]].any()

@@ -19,7 +19,10 @@ Phases (each heavy step in its own process, results of every step kept in OUT/ra
    busy) — different XNNPACK builds, both reported; resident memory per variant in the latter.
 4. the other issues' micro-benchmarks, called as they are: `tools/bench_switcher.py` (switch,
    decision, memory; device environment) and `tools/bench_surgery.py` (rewrite time).
-5. `tools/bench_report.py`: results.json, RESULTS.md and plots from the files of this run.
+5. the Pareto benchmark of issue 12 (`tools/bench_pareto.py`): the deployed portfolio against
+   width-scaled dense baselines, tfmot's path, Reconvene, Sony MCT (`tools/bench_mct.py` in
+   .venv-mct, when that environment exists) and the ablation arms -> OUT/PARETO.md.
+6. `tools/bench_report.py`: results.json, RESULTS.md (with PARETO.md) and plots.
 
 The machine is shared: latency is measured after all building is done, never concurrently with
 our own jobs, and ratios are taken pair by pair; the 1-minute load average is recorded.
@@ -27,10 +30,12 @@ our own jobs, and ratios are taken pair by pair; the 1-minute load average is re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -188,6 +193,10 @@ def latency_spec(deploys: dict, out: Path, rounds: int, threads: list, deadline:
 
 
 # ------------------------------------------------------------------------------ main
+def _sha(path: Path) -> Optional[str]:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench")
@@ -208,7 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--switcher-repeats", type=int, default=5)
     ap.add_argument("--surgery-runs", type=int, default=3)
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["switcher", "surgery", "synthetic", "trained"])
+                    choices=["switcher", "surgery", "synthetic", "trained", "pareto", "mct"])
     ap.add_argument("--budget-min", type=float, default=30.0,
                     help="wall budget; latency rounds shrink when it runs out")
     ap.add_argument("--jobs", type=int, default=2, help="parallel model builders")
@@ -303,13 +312,31 @@ def main(argv=None) -> int:
                                    raw / f"latency_{rt}.json"], logs, check=(rt == "host"))
     phases["latency"] = time.perf_counter() - t
 
+    # 5. the Pareto benchmark of issue 12: MCT (own environment), baselines, tfmot, Reconvene,
+    #    ablation arms; all timed interleaved in one process (cached, so reruns are quick)
+    t = time.perf_counter()
+    if "pareto" not in args.skip:
+        mct_py = ROOT / ".venv-mct" / "bin" / "python"
+        if "mct" not in args.skip and mct_py.exists():
+            data = out / "mct_data.npz"
+            old = _sha(data)
+            run_step("mct_data", [host_python(), TOOLS / "export_bench_data.py", "--run", run,
+                                  "--config", args.config, "--out", data], logs)
+            if old and old != _sha(data):      # another dense model: MCT's results are stale
+                shutil.rmtree(out / "mct", ignore_errors=True)
+            run_step("mct", [mct_py, TOOLS / "bench_mct.py", "--data", data, "--out", out],
+                     logs, check=False)
+        run_step("pareto", [host_python(), TOOLS / "bench_pareto.py", "--run", run,
+                            "--config", args.config, "--out", out], logs)
+    phases["pareto"] = time.perf_counter() - t
+
     meta["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
     meta["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     meta["bench_wall_s"] = round(time.perf_counter() - start, 1)
     meta["deploy_dirs"] = {k: v["dir"] for k, v in deploys.items()}
     atomic_write_json(raw / "meta.json", meta)
 
-    # 5. results.json, RESULTS.md, plots
+    # 6. results.json, RESULTS.md, plots
     run_step("report", [host_python(), TOOLS / "bench_report.py", "--out", out], logs)
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min: {out / 'RESULTS.md'}")
     return 0

@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     from shifter_tf.config import load_config
     cfg = load_config(args.config)
     level_epochs = cfg.train.epochs
-    run_epochs = level_epochs * (cfg.lottery.levels + 1)
+    run_epochs = (cfg.lottery.dense_epochs or level_epochs) + level_epochs * cfg.lottery.levels
     started = time.perf_counter()
 
     points = portfolio_points(run, "portfolio")

@@ -27,7 +27,8 @@ from shifter_tf import train as T
 from shifter_tf.config import Config, save_config
 from shifter_tf.data import Dataset, load_dataset
 from shifter_tf.io import atomic_dir, atomic_save, atomic_write_json
-from shifter_tf.lottery import _assign_masks, _FixedMask, _wrap, _wrappers, make_model
+from shifter_tf.lottery import make_model
+from shifter_tf.wrappers import FixedMask, assign_masks, wrap, wrappers
 from shifter_tf.pai.reconvene import PaiPlan, prune_at_init
 from shifter_tf.pai.scores import PaiError
 from shifter_tf.pai.settings import PaiConfig, pai_settings, settings_from
@@ -40,14 +41,14 @@ sparsity = tfmot.sparsity.keras
 def train_masked(cfg: Config, data: Dataset, model: keras.Model, plan: PaiPlan, what: str
                  ) -> tuple[keras.Model, T.FitResult]:
     """One training run with tfmot holding `plan.masks` fixed; returns the stripped model."""
-    schedules = {n: _FixedMask(1.0 - float(m.mean())) for n, m in plan.masks.items()}
+    schedules = {n: FixedMask(1.0 - float(m.mean())) for n, m in plan.masks.items()}
     hold = HoldDeadChannels(hold_pairs(model, plan.dead))
-    wrapped = _wrap(model, schedules)
-    _assign_masks(wrapped, plan.masks)
+    wrapped = wrap(model, schedules)
+    assign_masks(wrapped, plan.masks)
     T.compile_model(wrapped, cfg.train, T.steps_per_epoch(data, cfg.train.batch_size))
     fit = T.fit(wrapped, data, cfg.train, seed=cfg.seed, what=what,
                 callbacks=[sparsity.UpdatePruningStep(), hold])
-    for name, w in _wrappers(wrapped).items():
+    for name, w in wrappers(wrapped).items():
         if not np.array_equal(w.pruning_vars[0][1].numpy().astype(bool), plan.masks[name]):
             raise PaiError(f"{what}: tfmot changed the mask of {name} during training")
     return sparsity.strip_pruning(wrapped), fit
