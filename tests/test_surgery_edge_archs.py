@@ -211,3 +211,41 @@ def test_unknown_tf_op_is_named_and_frozen():
     assert any("cumsum" in n for n in rep.unsupported)
     assert new.get_layer("c1").filters == 8
     assert_close(model, new, x_in)
+
+
+def test_fast_construction_gives_the_layers_from_config_would():
+    """construct.new_layer (tracking off, objects instead of dicts, DLPack weights) builds the
+    same layers as from_config + build + set_weights: config, weights, trackable children."""
+    from shifter_tf.surgery import construct as C
+    inp = keras.Input((8, 8, 4))
+    a = L.ZeroPadding2D(((1, 0), (0, 1)))(L.Conv2D(6, 3, use_bias=False, activation="relu",
+                                                    kernel_regularizer="l2")(inp))
+    b = L.LeakyReLU(0.2)(L.DepthwiseConv2D(3, depth_multiplier=2, padding="same")(inp))
+    b = L.Cropping2D(((1, 0), (0, 1)))(L.SeparableConv2D(6, 3, padding="valid")(
+        L.ZeroPadding2D(1)(b)))
+    x = L.Concatenate()([L.Add()([a, b]), L.Multiply()([a, L.ELU()(b)]), L.Maximum()([a, b])])
+    x = L.AveragePooling2D()(L.MaxPooling2D(1)(L.Activation("swish")(L.ReLU(6.0)(x))))
+    g = L.Reshape((1, 1, 18))(L.GlobalAveragePooling2D()(x))
+    x = L.Subtract()([x, L.Dense(18, bias_initializer="ones")(g)])
+    model = keras.Model(inp, L.Dense(3)(L.Flatten()(L.GlobalMaxPooling2D(keepdims=True)(x))))
+    for layer in model.layers:
+        if not C._fast_class(type(layer)) or not layer.built:
+            continue
+        inputs = layer.input
+        fast = C.new_layer(layer, {}, layer.name + "_fast")
+        values = {v.name.split("/")[-1].split(":")[0]: C.multiply(v.numpy(), 1.0)
+                  for v in layer.weights}
+        if values:
+            C.build_with_values(fast, inputs, values)
+        C.finish(fast)
+        fast(inputs)
+        slow = type(layer).from_config({**layer.get_config(), "name": layer.name + "_fast"})
+        slow(inputs)
+        slow.set_weights(layer.get_weights())
+        assert fast.get_config() == slow.get_config(), layer.name
+        assert [(v.name, v.shape, v.trainable) for v in fast.weights] == \
+               [(v.name, v.shape, v.trainable) for v in slow.weights]
+        for a, b in zip(fast.weights, slow.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        assert sorted(fast._trackable_children()) == sorted(slow._trackable_children())
+        assert fast._self_setattr_tracking

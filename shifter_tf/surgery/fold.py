@@ -12,6 +12,7 @@ import shifter_tf  # noqa: F401
 import tf_keras as keras
 
 from shifter_tf.surgery import layers as K
+from shifter_tf.surgery.construct import multiply
 from shifter_tf.surgery.ir import ModelIR
 
 L = keras.layers
@@ -80,4 +81,4 @@ def scaled_kernel(kernel: np.ndarray, scale, depthwise: bool = False,
     if inplace:
         kernel *= scale
         return kernel
-    return kernel * scale
+    return multiply(kernel, scale)   # aligned: TensorFlow adopts it without another copy

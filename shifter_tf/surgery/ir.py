@@ -158,6 +158,8 @@ def trace(model) -> ModelIR:
 def replay_arguments(call: LayerCall, new_tensors: dict) -> tuple:
     """The (args, kwargs) of `call` with its Keras inputs replaced by `new_tensors[index]`."""
     node = call.node
+    if getattr(node, "_single_positional_tensor_passed", False):   # layer(x): most calls
+        return (new_tensors[call.inputs[0]],), {}
     flat = list(node._flat_arguments)
     for (_, pos), t in zip(node._keras_inputs_ids_and_indices, call.inputs):
         flat[pos] = new_tensors[t]

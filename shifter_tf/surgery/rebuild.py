@@ -16,6 +16,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from shifter_tf.surgery import layers as K
+from shifter_tf.surgery import construct as C
 from shifter_tf.surgery import tfops
 from shifter_tf.surgery.fold import OUT_SCALE, kernel_names, scaled_kernel
 from shifter_tf.surgery.ir import ModelIR, SurgeryError, replay_arguments
@@ -27,8 +28,7 @@ def _index(mask) -> np.ndarray | slice:
     return slice(None) if mask is None or mask.all() else np.flatnonzero(mask)
 
 
-def _take(a: np.ndarray, idx, axis: int) -> np.ndarray:
-    return a if isinstance(idx, slice) else np.take(a, idx, axis=axis)
+_take = C.take
 
 
 def _take2(a: np.ndarray, rows, cols) -> np.ndarray:
@@ -125,50 +125,6 @@ def channel_config(layer, idx, n) -> dict:
     return changes
 
 
-class _Given:
-    """Initializer returning a fixed array, so variables start with the pruned weights."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __call__(self, shape, dtype=None, **kwargs):
-        if tuple(shape) != self.value.shape:
-            raise SurgeryError(f"internal: weight shape {tuple(shape)} != {self.value.shape}")
-        return tf.constant(self.value, dtype=dtype)
-
-
-def build_with_values(layer, inputs, values: dict) -> None:
-    """Build `layer` for `inputs`, creating each weight named in `values` with that value."""
-    pending = dict(values)
-    original = layer.add_weight
-
-    def add_weight(*args, **kwargs):
-        name = kwargs.get("name", args[0] if args else None)
-        if name in pending:
-            kwargs["initializer"] = _Given(pending.pop(name))
-        return original(*args, **kwargs)
-
-    object.__setattr__(layer, "add_weight", add_weight)
-    try:
-        layer._maybe_build(inputs)
-    finally:
-        object.__delattr__(layer, "add_weight")
-    if pending:  # a layer naming its weights differently: fall back to assigning them
-        raise SurgeryError(f"internal: weights {sorted(pending)} of {layer.name} not created")
-
-
-def call_symbolic(layer, args, kwargs):
-    """Connect `layer` in the new graph using its compute_output_shape instead of tracing."""
-    layer._dynamic = True
-    try:
-        return layer(*args, **kwargs)
-    except Exception:  # layer without a usable compute_output_shape: trace it after all
-        layer._dynamic = False
-        return layer(*args, **kwargs)
-    finally:
-        layer._dynamic = False
-
-
 def _new_input(call):
     cfg = call.layer.get_config()
     return keras.Input(batch_shape=cfg["batch_input_shape"], dtype=cfg.get("dtype"),
@@ -218,18 +174,17 @@ def rebuild(ir: ModelIR, kinds: list, keep: list, bias_delta: dict, weights: dic
         else:
             if layer is None:
                 changes, values = sliced_weights(call, kind, keep, bias_delta, weights)
-                cfg = call.layer.get_config()
-                cfg.update(changes, name=call.name)
-                layer = type(call.layer).from_config(cfg)
+                layer = C.new_layer(call.layer, changes, call.name)
                 if values:
-                    build_with_values(layer, args[0] if args else kwargs.get("inputs"), values)
+                    C.build_with_values(layer, args[0] if args else kwargs.get("inputs"), values)
+                C.finish(layer)
                 new_layers[id(call.layer)] = layer
             if tfops.is_tfop(layer):   # per-channel constants among the arguments
                 args, kwargs = tfops.sliced_arguments(
                     args, kwargs, ir.tensors[call.outputs[0]].channels, keep[call.outputs[0]])
                 out = layer(*args, **kwargs)
             else:
-                out = call_symbolic(layer, args, kwargs)
+                out = C.call_symbolic(layer, args, kwargs)
         for t, kt in zip(call.outputs, tf.nest.flatten(out)):
             expect = list(ir.tensors[t].shape)
             if keep[t] is not None:

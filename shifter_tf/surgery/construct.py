@@ -1,0 +1,152 @@
+"""Making the new tf_keras layers quickly; the layers and weights are the ones `from_config`,
+`build` and `set_weights` would give.
+
+Measured on ResNet-50 (cProfile), most of a rewrite went into tf_keras itself: Layer.__init__'s
+attribute tracking (`__setattr__`: ~55 % of a Conv2D's construction), deserialising the
+initializer/regularizer dicts of the config, copying misaligned numpy arrays into tensors, and
+tracing each layer's call. Here:
+- built-in layers without sub-layers are constructed with Keras' own switch for attribute
+  tracking off (`_self_setattr_tracking`, what tf_keras' `no_automatic_dependency_tracking`
+  does for Layer.__init__), and initializer/regularizer/constraint objects (copies) are passed
+  instead of their serialised dicts. The weights are still created by `add_weight`, which
+  registers them exactly as tracking would (checkpoint dependency, trainable list).
+- weights are sliced into 64-byte-aligned numpy buffers, which TensorFlow adopts through DLPack
+  without a copy (tf.constant copies even aligned arrays; a fresh copy of ResNet-50's 30 MB
+  also page-faults).
+- layers are connected through `compute_output_shape` (no scratch-graph trace).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+import shifter_tf  # noqa: F401
+import tensorflow as tf
+import tf_keras as keras
+
+from shifter_tf.surgery.ir import SurgeryError
+
+L = keras.layers
+ALIGN = 64   # EIGEN_MAX_ALIGN_BYTES: TensorFlow copies numpy buffers aligned less than this
+
+#: Built-in classes whose constructor and build set only plain attributes and weights (no
+#: sub-layers, no list or dict attributes that tracking would wrap: BatchNormalization's `axis`,
+#: PReLU's `shared_axes`, Dropout's `noise_shape` are), constructed with attribute tracking off.
+UNTRACKED_OK = tuple(c for c in (
+    L.Conv1D, L.Conv2D, L.Conv3D, L.Dense, L.DepthwiseConv2D, getattr(L, "DepthwiseConv1D", None),
+    L.SeparableConv1D, L.SeparableConv2D, L.ReLU, L.LeakyReLU, L.ELU, L.ThresholdedReLU,
+    L.Activation, L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum,
+    L.Concatenate, L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D,
+    L.AveragePooling2D, L.AveragePooling3D, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D,
+    L.GlobalAveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D,
+    L.Cropping3D, L.Flatten, L.Reshape) if c is not None)
+_OBJECT_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
+
+
+def aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised array whose data starts on an ALIGN-byte boundary."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(n + ALIGN, np.uint8)
+    off = (-buf.ctypes.data) % ALIGN
+    return buf[off:off + n].view(dtype).reshape(shape)
+
+
+def take(a: np.ndarray, idx, axis: int) -> np.ndarray:
+    """np.take(a, idx, axis) into an aligned buffer (`a` itself for slice(None))."""
+    if isinstance(idx, slice):
+        return a
+    axis = axis % a.ndim
+    shape = a.shape[:axis] + (len(idx),) + a.shape[axis + 1:]
+    return np.take(a, idx, axis=axis, out=aligned_empty(shape, a.dtype), mode="clip")
+
+
+def multiply(a: np.ndarray, b) -> np.ndarray:
+    """a * b (broadcast) into an aligned buffer."""
+    return np.multiply(a, b, out=aligned_empty(a.shape, a.dtype))
+
+
+def _fast_class(cls) -> bool:
+    return cls in UNTRACKED_OK and cls.from_config.__func__ is L.Layer.from_config.__func__
+
+
+def new_layer(layer, changes: dict, name: str):
+    """A new layer like `layer` (its config with `changes`), not built; tracking stays off
+    until `finish` is called."""
+    cfg = layer.get_config()
+    cfg.update(changes, name=name)
+    cls = type(layer)
+    if not _fast_class(cls):
+        return cls.from_config(cfg)
+    for key in cfg:
+        if key.endswith(_OBJECT_SUFFIXES) and cfg[key] is not None and hasattr(layer, key):
+            cfg[key] = copy.copy(getattr(layer, key))
+    if "activation" in cfg and callable(getattr(layer, "activation", None)):
+        cfg["activation"] = layer.activation
+    obj = cls.__new__(cls, **cfg)
+    object.__setattr__(obj, "_self_setattr_tracking", False)
+    obj.__init__(**cfg)
+    return obj
+
+
+def finish(layer) -> None:
+    """Turn attribute tracking back on (a no-op for layers made by from_config)."""
+    object.__setattr__(layer, "_self_setattr_tracking", True)
+
+
+class _Given:
+    """Initializer returning a fixed array, so variables start with the pruned weights."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        v = self.value
+        if tuple(shape) != v.shape:
+            raise SurgeryError(f"internal: weight shape {tuple(shape)} != {v.shape}")
+        if adoptable(v, dtype):  # zero-copy: the variable's own assign is the only copy
+            return tf.experimental.dlpack.from_dlpack(v.__dlpack__())
+        return tf.constant(v, dtype=dtype)
+
+
+def adoptable(v: np.ndarray, dtype) -> bool:
+    """True when TensorFlow can take `v` through DLPack without a copy. Its check of the
+    alignment is fatal (abort, not an exception), so it is checked here first."""
+    return (v.size > 0 and v.ctypes.data % ALIGN == 0 and v.flags.c_contiguous
+            and v.flags.writeable and v.dtype == np.float32 and tf.as_dtype(dtype or v.dtype) == tf.float32)
+
+
+def build_with_values(layer, inputs, values: dict) -> None:
+    """Build `layer` for `inputs`, creating each weight named in `values` with that value."""
+    pending = dict(values)
+    original = layer.add_weight
+
+    def add_weight(*args, **kwargs):
+        name = kwargs.get("name", args[0] if args else None)
+        if name in pending:
+            kwargs["initializer"] = _Given(pending.pop(name))
+        return original(*args, **kwargs)
+
+    object.__setattr__(layer, "add_weight", add_weight)
+    try:
+        with tf.name_scope(layer._name_scope()):   # weight names as Keras' __call__ gives them
+            layer._maybe_build(inputs)
+    finally:
+        object.__delattr__(layer, "add_weight")
+    if pending:  # a layer naming its weights differently: fall back to assigning them
+        raise SurgeryError(f"internal: weights {sorted(pending)} of {layer.name} not created")
+
+
+def call_symbolic(layer, args, kwargs):
+    """Connect `layer` in the new graph using its compute_output_shape instead of tracing."""
+    plain = object.__setattr__   # a plain flag: Keras' tracking __setattr__ costs more here
+    plain(layer, "_dynamic", True)
+    try:
+        return layer(*args, **kwargs)
+    except Exception:  # layer without a usable compute_output_shape: trace it after all
+        plain(layer, "_dynamic", False)
+        return layer(*args, **kwargs)
+    finally:
+        plain(layer, "_dynamic", False)
