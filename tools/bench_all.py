@@ -326,6 +326,8 @@ def main(argv=None) -> int:
                 shutil.rmtree(out / "mct", ignore_errors=True)
             run_step("mct", [mct_py, TOOLS / "bench_mct.py", "--data", data, "--out", out],
                      logs, check=False)
+        run_step("simd", [host_python(), TOOLS / "bench_simd.py", "--run", run, "--out", out],
+                 logs, check=False)
         run_step("pareto", [host_python(), TOOLS / "bench_pareto.py", "--run", run,
                             "--config", args.config, "--out", out], logs)
     phases["pareto"] = time.perf_counter() - t

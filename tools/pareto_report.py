@@ -120,6 +120,7 @@ def render(doc: dict, out: Path) -> str:
                f"{best['accuracy']:.3f} at **{best['speedup']:.2f}×** dense speed."
                if best else "No pruned variant within 1 point of dense."), ""]
     lines += ablation(doc, pts)
+    lines += simd_lines(out)
     plot(pts, out / "plots" / "pareto.png")
     return "\n".join(lines) + "\n"
 
@@ -153,6 +154,25 @@ def ablation(doc: dict, pts: list[dict]) -> list[str]:
         lines.append(f"| {lv} | {cell('portfolio', zf.get(lv))} | " +
                      " | ".join(cell(a) for a in arms) + " |")
     return lines + [""]
+
+
+def simd_lines(out: Path) -> list[str]:
+    """tools/bench_simd.py: pruned widths as-is vs rounded up to multiples of 4 and 8."""
+    path = out / "raw" / "simd.json"
+    if not path.exists():
+        return []
+    rows = json.loads(path.read_text())["rows"]
+    lines = ["### Rounding kept channels up to SIMD multiples (tools/bench_simd.py)", "",
+             "Same levels' alive widths, built as-is and rounded up (extra zero channels keep "
+             "the model exact); fp32, 1 thread, interleaved.", "",
+             "| level | multiple | widths | ms | vs exact |", "|:--|--:|:--|--:|--:|"]
+    for r in rows:
+        lines.append(f"| {r['level']} | {r['multiple']} | {r['widths']} | {r['ms']:.4f} | "
+                     f"{r['vs_exact']:.2f}× |")
+    slower = all(r["vs_exact"] >= 0.98 for r in rows)
+    return lines + ["", "Rounding up " + ("never made a variant faster here, so the rewriter "
+                                          "keeps exact channel counts." if slower else
+                                          "made some variant faster: see the rows above."), ""]
 
 
 def main(argv=None) -> int:
