@@ -26,7 +26,14 @@ def test_predict_while_switching(make_switcher, ref_inputs):
         local = []
         try:
             start.wait()
-            for _ in range(calls):
+            for k in range(calls):
+                if k % 10 == 0:
+                    # see a switch happen before going on, so the interleaving does not depend
+                    # on how the OS schedules threads on a loaded machine
+                    seen = n_switch[0]
+                    until = time.monotonic() + 10
+                    while n_switch[0] == seen and time.monotonic() < until:
+                        time.sleep(0.0002)
                 if rng.random() < 0.3:                       # batch call
                     idx = rng.choice(len(ref_inputs), size=3, replace=False)
                     y, vid = sw.predict(ref_inputs[idx], return_variant=True)
