@@ -70,3 +70,113 @@ def convert(model: keras.Model, precision: str = "fp32",
     except Exception as e:  # the converter raises many types with MLIR dumps attached
         raise ExportError(f"{model.name}: TFLite conversion to {precision} failed: "
                           f"{str(e).splitlines()[0][:300]}") from None
+
+
+# ---- parallel conversion ------------------------------------------------------------------
+# The converter is single-threaded Python + MLIR: a portfolio converts about cores times faster
+# when other processes convert too. Workers are spawned (fork is unsafe once TensorFlow runs
+# threads) and rebuild each model from its JSON config and weights; the bytes are the same as
+# the parent's (tests/test_export_parallel.py), so which process converted a variant never
+# shows in the portfolio.
+
+_WORKER: dict = {}
+
+
+def _worker_init(representative) -> None:
+    _WORKER["rep"] = representative
+
+
+def _worker_convert(key, payload, precision: str, sparse: bool) -> bytes:
+    cached = _WORKER.get("model")
+    if cached is None or cached[0] != key:
+        model = keras.models.model_from_json(payload[0])
+        model.set_weights(payload[1])
+        _WORKER["model"] = cached = (key, model)
+    return convert(cached[1], precision, _WORKER["rep"], sparse=sparse)
+
+
+def model_payload(model: keras.Model) -> Optional[tuple]:
+    """(JSON config, weights) a worker rebuilds `model` from; None if it cannot be serialised."""
+    try:
+        return model.to_json(), model.get_weights()
+    except Exception:  # subclassed or unserialisable models are converted in this process
+        return None
+
+
+class ConverterPool:
+    """Convert many (model, precision) jobs over `workers` extra processes and this one.
+
+    `run(jobs)` takes an iterable of (key, model, precision, sparse) in portfolio order and
+    yields (index, bytes) as they finish; this process converts a job itself whenever every
+    worker is busy (or still starting), so a pool never makes a small portfolio slower. A job
+    a worker fails on is converted here (a real conversion error is raised from here).
+    """
+
+    def __init__(self, representative: Optional[np.ndarray], workers: int = 0):
+        self.rep = representative
+        self.workers = max(0, int(workers))
+        self._pool = None
+        self.converted = {"here": 0, "workers": 0, "retried_here": 0}
+
+    def __enter__(self) -> "ConverterPool":
+        if self.workers:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            self._pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"),
+                                             initializer=_worker_init, initargs=(self.rep,))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, jobs, lookahead: int = 8):
+        """Yield (job index, tflite bytes); at most `lookahead` jobs are held in memory."""
+        from collections import deque
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        jobs = iter(enumerate(jobs))
+        pending: deque = deque()
+        inflight: dict = {}
+        payloads: dict = {}
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < lookahead + self.workers:
+                nxt = next(jobs, None)
+                if nxt is None:
+                    exhausted = True
+                else:
+                    pending.append(nxt)
+            if not pending and not inflight:
+                return
+            while self._pool is not None and pending and len(inflight) < self.workers:
+                i, (key, model, precision, sparse) = pending.popleft()
+                if key not in payloads:
+                    payloads = {key: model_payload(model)}   # only the current model's
+                if payloads[key] is None:
+                    pending.appendleft((i, (key, model, precision, sparse)))
+                    break
+                try:
+                    fut = self._pool.submit(_worker_convert, key, payloads[key], precision,
+                                            sparse)
+                except Exception:  # a broken pool (a worker was killed): carry on here
+                    pending.appendleft((i, (key, model, precision, sparse)))
+                    self._pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = None
+                    break
+                inflight[fut] = (i, (key, model, precision, sparse))
+            if pending:
+                i, (_, model, precision, sparse) = pending.popleft()
+                self.converted["here"] += 1
+                yield i, convert(model, precision, self.rep, sparse=sparse)
+            elif inflight:
+                wait(list(inflight), return_when=FIRST_COMPLETED)
+            for fut in [f for f in inflight if f.done()]:
+                i, (_, model, precision, sparse) = inflight.pop(fut)
+                try:
+                    blob = fut.result()
+                    self.converted["workers"] += 1
+                except Exception:  # a worker that died or could not rebuild the model
+                    blob = convert(model, precision, self.rep, sparse=sparse)
+                    self.converted["retried_here"] += 1
+                yield i, blob

@@ -6,6 +6,7 @@ under a temporary name and swapped in whole, so a crash mid-export leaves the pr
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 import shifter_tf
 from edge_runtime.manifest import file_entry, load_manifest, new_manifest, write_manifest
 from shifter_tf.data import Dataset
-from shifter_tf.export import convert
+from shifter_tf.export import ConverterPool
 from shifter_tf.evaluate import measure
 from shifter_tf.io import atomic_dir
 from shifter_tf.surgery import count_params_and_macs
@@ -54,8 +55,11 @@ def task_entry(data: Dataset, name: str) -> dict:
 def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, name: str,
                     threads: Sequence[int] = (1, 0), runs: int = 50, warmup: int = 5,
                     representative: int = 200, eval_limit: Optional[int] = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, workers: Optional[int] = None) -> dict:
     """Convert, measure and write every candidate at each of its precisions; returns the manifest.
+
+    `workers`: converter processes besides this one (default: one per further core; 0 converts
+    everything here). The files are byte-identical whichever process converts them.
     """
     x_test, y_test = data.normalized("test")
     if eval_limit:
@@ -68,27 +72,44 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
     def fill(tmp: Path) -> None:
         (tmp / "variants").mkdir()
         entries = []
-        bar = tqdm(total=total, desc="export", unit="variant", disable=not progress)
-        for c in candidates:
-            model = c.load()
-            params, nonzero, macs = count_params_and_macs(model)
-            for precision in c.precisions:
-                vid = variant_id(c.kind, c.level, precision)
-                rel = f"variants/{vid}.tflite"
-                encode = c.sparse_encoding and precision in SPARSE_ENCODABLE
-                blob = convert(model, precision, rep, sparse=encode)
-                (tmp / rel).write_bytes(blob)
-                m = measure(blob, x_test, y_test, threads, runs, warmup)
-                parent = (variant_id(c.parent_kind, c.level, precision)
-                          if c.parent_kind else None)
-                entries.append({
-                    "id": vid, **file_entry(tmp, rel), "kind": c.kind, "precision": precision,
-                    "level": c.level, "density": float(c.density), "params_total": int(params),
-                    "params_nonzero": int(nonzero), "macs": int(macs), "accuracy": m.accuracy,
-                    "latency_ms": m.latency_ms, "latency_p90_ms": m.latency_p90_ms,
-                    "init_ms": m.init_ms, "parent": parent,
-                    "sparse_encoding": encode, **(c.extra or {})})
+        jobs: list = []    # (candidate, precision, sparse encoding, (params, nonzero, macs))
+
+        def conversions():
+            for k, c in enumerate(candidates):
+                model = c.load()
+                counts = count_params_and_macs(model)
+                for precision in c.precisions:
+                    encode = c.sparse_encoding and precision in SPARSE_ENCODABLE
+                    jobs.append((c, precision, encode, counts))
+                    yield k, model, precision, encode
+
+        # Convert on every core (this process and `workers` spawned ones), then measure one
+        # variant at a time, so no conversion disturbs a latency measurement.
+        n_workers = (os.cpu_count() or 1) - 1 if workers is None else workers
+        bar = tqdm(total=total, desc="convert", unit="variant", disable=not progress)
+        with ConverterPool(rep, min(n_workers, max(total - 1, 0))) as pool:
+            for i, blob in pool.run(conversions()):
+                c, precision = jobs[i][:2]
+                (tmp / f"variants/{variant_id(c.kind, c.level, precision)}.tflite"
+                 ).write_bytes(blob)
                 bar.update(1)
+        bar.close()
+        bar = tqdm(total=total, desc="measure", unit="variant", disable=not progress)
+        for c, precision, encode, (params, nonzero, macs) in jobs:
+            vid = variant_id(c.kind, c.level, precision)
+            rel = f"variants/{vid}.tflite"
+            blob = (tmp / rel).read_bytes()
+            m = measure(blob, x_test, y_test, threads, runs, warmup)
+            parent = (variant_id(c.parent_kind, c.level, precision)
+                      if c.parent_kind else None)
+            entries.append({
+                "id": vid, **file_entry(tmp, rel), "kind": c.kind, "precision": precision,
+                "level": c.level, "density": float(c.density), "params_total": int(params),
+                "params_nonzero": int(nonzero), "macs": int(macs), "accuracy": m.accuracy,
+                "latency_ms": m.latency_ms, "latency_p90_ms": m.latency_p90_ms,
+                "init_ms": m.init_ms, "parent": parent,
+                "sparse_encoding": encode, **(c.extra or {})})
+            bar.update(1)
         bar.close()
         known = {e["id"] for e in entries}
         for e in entries:   # a parent that was not exported (kind or precision off) is dropped

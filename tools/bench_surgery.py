@@ -3,6 +3,11 @@ on VGG-16 (32x32x3, 10 classes) and ResNet-50 (64x64x3, 200 classes: the paper's
 setting) at 90-99.6 % global-magnitude sparsity of Kaiming-initialised weights.
 
     python tools/bench_surgery.py --out bench/surgery.json [--runs 5] [--models vgg16 resnet50]
+        [--baseline COMMIT | --baseline ''] [--no-export] [--export-workers N]
+
+Each row is also timed with the shifter_tf of --baseline (default: the commit before issue 17)
+in a subprocess, for a before/after from one run; --export times a demo-shaped 44-variant
+portfolio export serially and in parallel (and checks the files are byte-identical).
 
 Sparsity: the smallest |w| over all Conv/Dense kernels are zeroed, one global threshold (as the
 paper's IMP ranks weights). BN keeps its initial statistics (gamma=1, beta=0, mean=0, var=1),
@@ -13,6 +18,7 @@ filter dead, a second row additionally zeroes the lowest-L1 filters of every con
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -20,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -106,6 +113,110 @@ def bench_one(name: str, sparsity: float, l1: float | None, runs: int, seed: int
     }
 
 
+def demo_candidates(shape: tuple, classes: int, levels: int = 8, fraction: float = 0.4,
+                    seed: int = 0) -> list:
+    """A portfolio shaped like `make demo`'s (dense x4 precisions, `levels` sparse fp32 and
+    pruned x4 = 44 variants) from an untrained `vgg_small`: level l keeps (1-fraction)^l of
+    the weights by global magnitude, plus l*4 % of every conv's filters zeroed (what IMP
+    training kills), then prune_structured. Weights are random; the timing is the point."""
+    from shifter_tf.portfolio import Candidate
+
+    keras.utils.set_random_seed(seed)
+    dense = build_model("vgg_small", shape, classes)
+    precisions = ["fp32", "fp16", "int8_dynamic", "int8"]
+    out = [Candidate("dense", 0, 1.0, lambda: dense, precisions)]
+    for level in range(1, levels + 1):
+        sparse = keras.models.clone_model(dense)
+        sparse.set_weights(dense.get_weights())
+        density = (1 - fraction) ** level
+        global_magnitude(sparse, 1 - density)
+        zero_l1_filters(sparse, 0.04 * level)
+        pruned, _ = prune_structured(sparse)
+        out.append(Candidate("sparse", level, density, lambda m=sparse: m, ["fp32"]))
+        out.append(Candidate("pruned", level, density, lambda m=pruned: m, precisions,
+                             parent_kind="sparse", sparse_encoding=True))
+    return out
+
+
+BASELINE = "d350c24"   # the code before issue 17 (the rewrite the issue measured)
+
+
+def baseline_tree(commit: str, dest: Path) -> Optional[Path]:
+    """`git archive` of shifter_tf/ and edge_runtime/ at `commit` into dest (None if git
+    cannot: no repository or a shallow clone without that commit)."""
+    import subprocess
+    import tarfile
+    root = Path(__file__).resolve().parent.parent
+    try:
+        blob = subprocess.run(["git", "-C", str(root), "archive", commit, "shifter_tf",
+                               "edge_runtime"], check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(dest)
+    return dest
+
+
+def baseline_rows(tree: Path, model: str, args) -> list:
+    """The same rows measured with the shifter_tf of `tree`, in a subprocess."""
+    import subprocess
+    out = tree / f"rows_{model}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rows-only", "--out", str(out),
+           "--runs", str(args.runs), "--seed", str(args.seed), "--min-dead", str(args.min_dead),
+           "--models", model, "--sparsities", *map(str, args.sparsities)]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode != 0 or not out.exists():
+        print(f"baseline {model}: failed ({res.stderr.strip().splitlines()[-1:]})")
+        return []
+    return json.loads(out.read_text())["rows"]
+
+
+def bench_export(workers: Optional[int], seed: int = 0) -> dict:
+    """Export time of a demo-shaped portfolio (44 variants), serial and in parallel, and
+    whether every file is byte-identical between the two."""
+    import tempfile
+    from shifter_tf.config import load_config
+    from shifter_tf.data import load_dataset
+    from shifter_tf.portfolio import build_portfolio
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "mnist5k_vgg.yaml")
+    data = load_dataset(cfg.data, cfg.seed)
+    cands = demo_candidates(data.input_shape, data.num_classes, cfg.lottery.levels,
+                            cfg.lottery.prune_fraction, seed)
+    ex = cfg.export
+    kw = dict(threads=ex.threads, runs=ex.latency_runs, warmup=ex.latency_warmup,
+              representative=ex.representative_samples, progress=False)
+    res: dict = {"variants": sum(len(c.precisions) for c in cands), "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, w in (("serial", 0), ("parallel", workers)):
+            start = time.perf_counter()
+            build_portfolio(Path(tmp) / label, cands, data, cfg.name, workers=w, **kw)
+            res[f"{label}_s"] = round(time.perf_counter() - start, 2)
+            print(f"export {label}: {res[f'{label}_s']:.1f} s for {res['variants']} variants")
+        files = sorted(p.name for p in (Path(tmp) / "serial" / "variants").iterdir())
+        res["byte_identical"] = all(
+            (Path(tmp) / "serial" / "variants" / f).read_bytes() ==
+            (Path(tmp) / "parallel" / "variants" / f).read_bytes() for f in files)
+    res["workers"] = workers if workers is not None else (os.cpu_count() or 1) - 1
+    res["note"] = ("demo-shaped portfolio from an untrained vgg_small (tools/bench_surgery.py "
+                   "demo_candidates); convert + measure every variant, as build_portfolio does; "
+                   "serial = workers=0, the code path before issue 17")
+    return res
+
+
+def _print_row(r: dict) -> None:
+    before = r.get("rewrite_ms_median_before")
+    print(f"{r['model']:9s} {r['sparsity']:8.3f} {r['filters']:>19s} "
+          f"{r['dead_filters_from_magnitude']:6.1%} {r['rewrite_ms_median']:10.1f} "
+          f"{before if before is not None else float('nan'):10.1f} "
+          f"{r['rewrite_cpu_ms_median']:7.1f} "
+          f"{r['params_before']:>12,d} -> {r['params_after']:>10,d} "
+          f"{r['macs_before']:>14,d} -> {r['macs_after']:>12,d} "
+          f"{r['max_abs_dlogit']:8.1e} {r['logit_scale']:8.1e}")
+    sys.stdout.flush()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/surgery.json")
@@ -115,28 +226,46 @@ def main(argv=None) -> int:
     p.add_argument("--min-dead", type=float, default=0.05,
                    help="add an L1-emulated row when magnitude leaves fewer dead filters")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baseline", default=BASELINE,
+                   help="git commit whose shifter_tf is timed on the same rows, model by model "
+                        "before ours ('' to skip)")
+    p.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the export of a demo-shaped portfolio, serial and parallel")
+    p.add_argument("--export-workers", type=int, default=None,
+                   help="converter processes besides the main one (default: cores - 1)")
+    p.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     rows = []
     load_before = os.getloadavg()
     print(f"{'model':9s} {'sparsity':>8s} {'filters':>19s} {'dead':>6s} {'rewrite ms':>10s} "
-          f"{'cpu ms':>7s} "
+          f"{'before ms':>10s} {'cpu ms':>7s} "
           f"{'params before -> after':>26s} {'MACs before -> after':>30s} {'max|dl|':>8s} "
           f"{'|logit|':>8s}")
-    for name in args.models:
-        for s in args.sparsities:
-            new = [bench_one(name, s, None, args.runs, args.seed)]
-            if new[0]["dead_filters_from_magnitude"] < args.min_dead:
-                new.append(bench_one(name, s, round(s / 2, 3), args.runs, args.seed))
-            rows.extend(new)
-            for r in new:
-                print(f"{r['model']:9s} {r['sparsity']:8.3f} {r['filters']:>19s} "
-                      f"{r['dead_filters_from_magnitude']:6.1%} {r['rewrite_ms_median']:10.1f} "
-                      f"{r['rewrite_cpu_ms_median']:7.1f} "
-                      f"{r['params_before']:>12,d} -> {r['params_after']:>10,d} "
-                      f"{r['macs_before']:>14,d} -> {r['macs_after']:>12,d} "
-                      f"{r['max_abs_dlogit']:8.1e} {r['logit_scale']:8.1e}")
-            sys.stdout.flush()
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = (baseline_tree(args.baseline, Path(tmp))
+                if args.baseline and not args.rows_only else None)
+        if args.baseline and not args.rows_only and tree is None:
+            print(f"baseline {args.baseline}: not available (git archive failed); skipped")
+        for name in args.models:
+            before = {(r["sparsity"], r["filters"]): r for r in baseline_rows(tree, name, args)} \
+                if tree is not None else {}
+            for s in args.sparsities:
+                new = [bench_one(name, s, None, args.runs, args.seed)]
+                if new[0]["dead_filters_from_magnitude"] < args.min_dead:
+                    new.append(bench_one(name, s, round(s / 2, 3), args.runs, args.seed))
+                for r in new:
+                    old = before.get((r["sparsity"], r["filters"]))
+                    if old is not None:
+                        r["rewrite_ms_median_before"] = old["rewrite_ms_median"]
+                        r["rewrite_cpu_ms_median_before"] = old["rewrite_cpu_ms_median"]
+                        r["params_after_before"] = old["params_after"]
+                    _print_row(r)
+                rows.extend(new)
+    export = None
+    if args.export and not args.rows_only:
+        export = bench_export(args.export_workers, args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"tool": "tools/bench_surgery.py", "runs": args.runs, "seed": args.seed,
@@ -159,7 +288,14 @@ def main(argv=None) -> int:
             "rewrite_ms": "prune_structured's own timer: trace + BN fold + graph + analysis + "
                           "rebuild, no verification; call_ms adds the report's param/MAC counts; "
                           "rewrite_cpu_ms is the process CPU time of the rewrite (all threads)"}
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    if tree_commit := (args.baseline if not args.rows_only else None):
+        meta["baseline"] = (f"rewrite_ms_median_before: the same rows timed with shifter_tf at "
+                            f"commit {tree_commit} (before issue 17), in a subprocess run just "
+                            "before this model's rows")
+    doc = {"meta": meta, "rows": rows}
+    if export is not None:
+        doc["export"] = export
+    out.write_text(json.dumps(doc, indent=2))
     print(f"wrote {out}")
     return 0
 
