@@ -63,7 +63,7 @@ def test_rewind_restores_theta_k_on_survivors(oneshot_run, mnist_tiny):
     prev_masks = M.load_masks(lottery.level_dir(run, 1) / "masks.npz")
     model = lottery.make_model(cfg, mnist_tiny)
     names = M.prunable_layers(model)
-    wrapped, new_masks, _ = lottery.prepare_level(cfg, model, names, 2, rewind, prev,
+    wrapped, new_masks, *_ = lottery.prepare_level(cfg, model, names, 2, rewind, prev,
                                                   prev_masks, steps=8)
     for name in names:
         k = M.kernel_variable(model.get_layer(name)).numpy()

@@ -46,8 +46,10 @@ def _point(folder: Path, pid: str, model, data, extra: dict, sparse: bool = Fals
 
 
 def _cached(path: Path):
-    return json.loads(path.read_text()) if path.exists() and path.with_suffix(
-        ".tflite").exists() else None
+    """A point written earlier, its file named where it is now (the cache may have moved)."""
+    if not (path.exists() and path.with_suffix(".tflite").exists()):
+        return None
+    return {**json.loads(path.read_text()), "file": str(path.with_suffix(".tflite").resolve())}
 
 
 def cached_baseline(config: str, folder: Path, width: float, epochs: int) -> dict:

@@ -32,7 +32,11 @@ if str(ROOT) not in sys.path:
 
 from shifter_tf.io import atomic_write_json  # noqa: E402  (no TensorFlow import)
 
-DEFAULT_ARMS = ["plain_imp=lottery.structure=none"]
+# Ablation against the config's recipe: the paper's plain IMP, and each of our switches alone.
+DEFAULT_ARMS = ["paper=lottery.structure=none,lottery.rewind=weights",
+                "lr_rewind_only=lottery.structure=none,lottery.rewind=lr",
+                "filters_only=lottery.structure=filters,lottery.rewind=weights",
+                "plus_gamma_l1=lottery.gamma_l1=5e-5"]
 WIDTHS = [0.75, 0.5, 0.375, 0.25]
 
 
@@ -188,7 +192,11 @@ def main(argv=None) -> int:
     if "arms" not in args.skip:
         for spec in args.arms:
             name, _, sets = spec.partition("=")
-            pts = arm_points(args.config, out / "pareto", name, sets.split(","))
+            try:
+                pts = arm_points(args.config, out / "pareto", name, sets.split(","))
+            except SystemExit as e:     # one failed arm must not cost the others; rerun resumes
+                log(f"arm {name} failed, left out: {e}")
+                continue
             arms[name] = sets
             points += pts
     log(f"timing {len(points)} files interleaved, 1 thread")
@@ -196,7 +204,10 @@ def main(argv=None) -> int:
     for p in points:
         p.update({"ms": lat[p["id"]]["ms"], "speedup": lat[p["id"]]["speedup"]})
     levels = json.loads((run / "lottery.json").read_text())
+    from shifter_tf.data import load_dataset
+    test_size = len(load_dataset(cfg.data, cfg.seed).y_test)
     doc = {"run": str(run), "config": args.config, "level_epochs": level_epochs,
+           "test_size": test_size,
            "run_epochs": run_epochs, "dense": dense["id"], "arms": arms,
            "run_levels": [{k: r[k] for k in ("level", "density", "test_accuracy",
                                              "zero_filters", "filters")} for r in levels],

@@ -45,7 +45,7 @@ def _label(p: dict) -> str:
 def table(points: list[dict], dense_ms: float) -> list[str]:
     rows = ["| point | source | test acc | ms @1 thread | speed-up vs dense | KiB | params |",
             "|:--|:--|--:|--:|--:|--:|--:|"]
-    for p in sorted(points, key=lambda p: (p["source"], -p["ms"])):
+    for p in sorted(points, key=lambda p: (p["source"], p.get("level") or 0, -p["ms"])):
         rows.append(f"| {_label(p)} | {p['source']} | {p['accuracy']:.3f} | {p['ms']:.3f} | "
                     f"{p['speedup']:.2f}× | {p['bytes'] / 1024:.1f} | "
                     f"{(p.get('params') or 0):,} |")
@@ -103,7 +103,7 @@ def render(doc: dict, out: Path) -> str:
              "### Coverage of each peer point", ""]
     peers = [p for p in pts if p["source"] != "portfolio"]
     n_cov = 0
-    for b in sorted(peers, key=lambda p: (p["source"], -p["ms"])):
+    for b in sorted(peers, key=lambda p: (p["source"], p.get("level") or 0, -p["ms"])):
         v = coverage(deployed, b)
         n_cov += v is not None
         lines.append(f"- {_label(b)} ({b['accuracy']:.3f} at {b['ms']:.3f} ms): " + (
