@@ -56,6 +56,7 @@ def plot(points: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
 
     styles = {"portfolio": ("o", "C0"), "baseline_e": ("s", "C1"), "tfmot": ("x", "C2"),
               "reconvene": ("^", "C3"), "mct": ("D", "C4"), "arm:": ("v", "C5")}
@@ -75,6 +76,9 @@ def plot(points: list[dict], path: Path) -> None:
             ax.plot(xs, [p["accuracy"] for p in pts], marker=marker, color=color, label=src,
                     linestyle="-" if src == "portfolio" else "none", alpha=0.85)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (TFLite fp32)")
         lo = min(p["accuracy"] for p in points)
