@@ -252,7 +252,8 @@ def run_trained(run: Path, out: Path) -> dict:
     filters = sum(M.kernel_variable(l).shape[-1] for l in iter_layers(dense_model)
                   if l.name in convs)
     levels = []
-    for level in sorted(l for l in results if l > 0):
+    # levels the accuracy floor kept out of the portfolio are not deployed, so not compared
+    for level in sorted(l for l in results if l > 0 and f"L{l:02d}-pruned-fp32" in by_id):
         r = results[level]
         sparse_model = tfmot.sparsity.keras.strip_pruning(lottery.load_level_model(run, level))
         pruned_model = keras.models.load_model(pruned_dir(run, level) / "model.keras",
