@@ -74,25 +74,43 @@ def convert(model: keras.Model, precision: str = "fp32",
 
 # ---- parallel conversion ------------------------------------------------------------------
 # The converter is single-threaded Python + MLIR: a portfolio converts about cores times faster
-# when other processes convert too. Workers are spawned (fork is unsafe once TensorFlow runs
-# threads) and rebuild each model from its JSON config and weights; the bytes are the same as
-# the parent's (tests/test_export_parallel.py), so which process converted a variant never
-# shows in the portfolio.
+# when other processes convert too. Workers are plain subprocesses (`python -c ...`, not
+# multiprocessing: spawn would re-run an unguarded __main__ script in every worker, fork is
+# unsafe once TensorFlow runs threads) fed pickled (JSON config, weights, precision) jobs over a
+# pipe; they rebuild each model and convert it. The bytes are the same as this process's
+# (tests/test_export_parallel.py), so which process converted a variant never shows.
 
-_WORKER: dict = {}
-
-
-def _worker_init(representative) -> None:
-    _WORKER["rep"] = representative
+_WORKER_CMD = "from shifter_tf.export import _serve; _serve()"
 
 
-def _worker_convert(key, payload, precision: str, sparse: bool) -> bytes:
-    cached = _WORKER.get("model")
-    if cached is None or cached[0] != key:
-        model = keras.models.model_from_json(payload[0])
-        model.set_weights(payload[1])
-        _WORKER["model"] = cached = (key, model)
-    return convert(cached[1], precision, _WORKER["rep"], sparse=sparse)
+def _serve() -> None:
+    """Worker loop: read pickled jobs on stdin, write pickled results on the real stdout (fd 1
+    now points at stderr, so a library printing cannot corrupt the stream)."""
+    import os
+    import pickle
+    import sys
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    inp = sys.stdin.buffer
+    rep = pickle.load(inp)
+    cached = (None, None)
+    pickle.dump("ready", out)
+    out.flush()
+    while True:
+        try:
+            key, payload, precision, sparse = pickle.load(inp)
+        except EOFError:
+            return
+        try:
+            if cached[0] != key:
+                model = keras.models.model_from_json(payload[0])
+                model.set_weights(payload[1])
+                cached = (key, model)
+            result = convert(cached[1], precision, rep, sparse=sparse)
+        except Exception as e:  # reported to the parent, which converts the job itself
+            result = RuntimeError(f"{type(e).__name__}: {str(e)[:300]}")
+        pickle.dump(result, out)
+        out.flush()
 
 
 def model_payload(model: keras.Model) -> Optional[tuple]:
@@ -104,79 +122,156 @@ def model_payload(model: keras.Model) -> Optional[tuple]:
 
 
 class ConverterPool:
-    """Convert many (model, precision) jobs over `workers` extra processes and this one.
+    """Convert many (model, precision) jobs in this process and `workers` subprocesses.
 
-    `run(jobs)` takes an iterable of (key, model, precision, sparse) in portfolio order and
-    yields (index, bytes) as they finish; this process converts a job itself whenever every
-    worker is busy (or still starting), so a pool never makes a small portfolio slower. A job
-    a worker fails on is converted here (a real conversion error is raised from here).
+    `run(jobs)` takes an iterable of (key, model, precision, sparse) in portfolio order (key:
+    the same for jobs of one model) and yields (index, bytes) as they finish. Every converter
+    takes the next job from one queue; a worker only starts taking jobs once TensorFlow is
+    loaded in it, so a pool never makes a small portfolio slower. A job a worker fails on (or
+    a model it cannot rebuild) is converted here, where a real conversion error is raised.
     """
 
-    def __init__(self, representative: Optional[np.ndarray], workers: int = 0):
+    def __init__(self, representative: Optional[np.ndarray], workers: int = 0,
+                 local: bool = True):
         self.rep = representative
         self.workers = max(0, int(workers))
-        self._pool = None
+        self.local = local    # False: this process converts only what no worker can
         self.converted = {"here": 0, "workers": 0, "retried_here": 0}
+        self._procs: list = []
 
     def __enter__(self) -> "ConverterPool":
-        if self.workers:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-            self._pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"),
-                                             initializer=_worker_init, initargs=(self.rep,))
+        import subprocess
+        import sys
+        for _ in range(self.workers):
+            try:
+                self._procs.append(subprocess.Popen(
+                    [sys.executable, "-c", _WORKER_CMD], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+            except OSError:
+                break
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        for proc in self._procs:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(timeout=10)
+            except Exception:
+                proc.kill()
+        self._procs = []
+
+    def _work(self, proc, take, results) -> None:
+        """Thread body feeding one worker process."""
+        import pickle
+        try:
+            pickle.dump(self.rep, proc.stdin)
+            proc.stdin.flush()
+            if pickle.load(proc.stdout) != "ready":
+                return
+        except Exception:  # the worker did not start: this process does its share
+            return
+        while True:
+            job = take()
+            if job is None:
+                return
+            i, (key, model, precision, sparse), payload = job
+            try:
+                pickle.dump((key, payload, precision, sparse), proc.stdin)
+                proc.stdin.flush()
+                result = pickle.load(proc.stdout)
+            except Exception as e:  # a dead worker: hand the job back, stop feeding it
+                results.put((i, e, job))
+                return
+            results.put((i, result, job))
 
     def run(self, jobs, lookahead: int = 8):
-        """Yield (job index, tflite bytes); at most `lookahead` jobs are held in memory."""
+        """Yield (job index, tflite bytes); at most lookahead + workers jobs are held."""
+        import queue
+        import threading
         from collections import deque
-        from concurrent.futures import FIRST_COMPLETED, wait
 
-        jobs = iter(enumerate(jobs))
+        source = iter(enumerate(jobs))
         pending: deque = deque()
-        inflight: dict = {}
-        payloads: dict = {}
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < lookahead + self.workers:
-                nxt = next(jobs, None)
+        lock = threading.Lock()
+        results: queue.Queue = queue.Queue()
+        state = {"exhausted": False, "payload": (None, None), "outstanding": 0}
+
+        def refill() -> None:   # main thread only: loads models and builds payloads
+            while not state["exhausted"] and len(pending) < lookahead + self.workers:
+                nxt = next(source, None)
                 if nxt is None:
-                    exhausted = True
-                else:
-                    pending.append(nxt)
-            if not pending and not inflight:
-                return
-            while self._pool is not None and pending and len(inflight) < self.workers:
-                i, (key, model, precision, sparse) = pending.popleft()
-                if key not in payloads:
-                    payloads = {key: model_payload(model)}   # only the current model's
-                if payloads[key] is None:
-                    pending.appendleft((i, (key, model, precision, sparse)))
-                    break
+                    state["exhausted"] = True
+                    return
+                i, job = nxt
+                key, model = job[0], job[1]
+                if state["payload"][0] != key and self._procs:
+                    state["payload"] = (key, model_payload(model))
+                payload = state["payload"][1] if self._procs else None
+                with lock:
+                    pending.append((i, job, payload))
+                    state["outstanding"] += 1
+
+        def take(for_worker: bool = True):
+            with lock:
+                if for_worker:   # skip jobs a worker cannot rebuild (converted here)
+                    for k, item in enumerate(pending):
+                        if item[2] is not None:
+                            del pending[k]
+                            return item
+                    return None if state["exhausted"] else _WAIT
+                if not self.local and any(t.is_alive() for t in threads):
+                    for k, item in enumerate(pending):
+                        if item[2] is None:
+                            del pending[k]
+                            return item
+                    return None
+                return pending.popleft() if pending else None
+
+        def take_blocking():
+            import time
+            while True:
+                item = take()
+                if item is not _WAIT:
+                    return item
+                time.sleep(0.02)
+
+        threads = [threading.Thread(target=self._work, args=(p, take_blocking, results),
+                                    daemon=True) for p in self._procs]
+        for t in threads:
+            t.start()
+        while True:
+            refill()
+            while not results.empty() or (state["outstanding"] and any(
+                    t.is_alive() for t in threads) and (not pending or not self.local)):
                 try:
-                    fut = self._pool.submit(_worker_convert, key, payloads[key], precision,
-                                            sparse)
-                except Exception:  # a broken pool (a worker was killed): carry on here
-                    pending.appendleft((i, (key, model, precision, sparse)))
-                    self._pool.shutdown(wait=False, cancel_futures=True)
-                    self._pool = None
-                    break
-                inflight[fut] = (i, (key, model, precision, sparse))
-            if pending:
-                i, (_, model, precision, sparse) = pending.popleft()
-                self.converted["here"] += 1
-                yield i, convert(model, precision, self.rep, sparse=sparse)
-            elif inflight:
-                wait(list(inflight), return_when=FIRST_COMPLETED)
-            for fut in [f for f in inflight if f.done()]:
-                i, (_, model, precision, sparse) = inflight.pop(fut)
-                try:
-                    blob = fut.result()
+                    i, result, job = results.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                state["outstanding"] -= 1
+                if isinstance(result, bytes):
                     self.converted["workers"] += 1
-                except Exception:  # a worker that died or could not rebuild the model
-                    blob = convert(model, precision, self.rep, sparse=sparse)
+                    yield i, result
+                else:   # failed in the worker: convert here (raises a real error)
+                    _, (_, model, precision, sparse), _ = job
                     self.converted["retried_here"] += 1
-                yield i, blob
+                    yield i, convert(model, precision, self.rep, sparse=sparse)
+                refill()
+            item = take(for_worker=False)
+            if item is None:
+                if state["exhausted"] and state["outstanding"] == 0:
+                    break
+                if not any(t.is_alive() for t in threads) and state["outstanding"]:
+                    raise ExportError("internal: converter workers stopped with jobs left")
+                continue
+            i, (_, model, precision, sparse), _ = item
+            state["outstanding"] -= 1
+            self.converted["here"] += 1
+            yield i, convert(model, precision, self.rep, sparse=sparse)
+        for t in threads:
+            t.join(timeout=1)
+
+
+_WAIT = object()

@@ -69,7 +69,7 @@ def test_pool_uses_workers_and_converts_here_what_they_cannot():
     rep = rng.normal(size=(4, 12, 12, 1)).astype("float32")
     jobs = [(0, dense, "fp32", False), (0, dense, "int8", False), (1, pruned, "fp16", True),
             (2, custom, "fp32", False), (1, pruned, "int8_dynamic", False)]
-    with ConverterPool(rep, workers=1) as pool:
+    with ConverterPool(rep, workers=1, local=False) as pool:
         out = dict(pool.run(jobs))
     assert sorted(out) == list(range(len(jobs)))
     for i, (_, model, precision, sparse) in enumerate(jobs):

@@ -212,6 +212,12 @@ def surgery_results(sg: Optional[dict], deployment: dict) -> dict:
         for model in sorted({r["model"] for r in rows}):
             ms = [r["rewrite_ms_median"] for r in rows if r["model"] == model]
             res[f"{model}_rewrite_ms"] = {"min": min(ms), "median": _med(ms), "max": max(ms)}
+            old = [r["rewrite_ms_median_before"] for r in rows
+                   if r["model"] == model and r.get("rewrite_ms_median_before") is not None]
+            if old:   # the same rows timed with the code before issue 17, in the same run
+                res[f"{model}_rewrite_ms_before"] = {"min": min(old), "median": _med(old),
+                                                     "max": max(old)}
+        res["export"] = sg.get("export")
     own = {}
     for family, f in deployment.items():
         ms = [lv["surgery"]["rewrite_ms"] for lv in f["levels"] if lv["surgery"].get("rewrite_ms")]

@@ -320,11 +320,13 @@ def render_surgery(a, s: dict) -> None:
     rows = s.get("rows") or []
     if rows:
         a("| model | sparsity | filters zeroed by | dead filters (magnitude) | rewrite ms (median) "
-          "| params before -> after | MACs before -> after | max abs dlogit |")
-        a("|:---|---:|:---|---:|---:|---:|---:|---:|")
+          "| before issue 17 | params before -> after | MACs before -> after | max abs dlogit |")
+        a("|:---|---:|:---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
+            old = r.get("rewrite_ms_median_before")
             a(f"| {r['model']} | {r['sparsity']:.3f} | {r['filters']} | "
               f"{r['dead_filters_from_magnitude']:.1%} | {r['rewrite_ms_median']:.0f} | "
+              f"{'n/a' if old is None else f'{old:.0f}'} | "
               f"{r['params_before']:,} -> {r['params_after']:,} | "
               f"{r['macs_before'] / 1e6:.0f}M -> {r['macs_after'] / 1e6:.0f}M | "
               f"{r['max_abs_dlogit']:.1e} |")
@@ -332,6 +334,19 @@ def render_surgery(a, s: dict) -> None:
         a(f"\n{m.get('runs', '?')} timed runs each; load average before/after "
           f"{m.get('loadavg_1_5_15_before')} / {m.get('loadavg_1_5_15_after')}. Paper: < 200 ms "
           "on VGG-16 (PyTorch).\n")
+        for model in ("vgg16", "resnet50"):
+            now, old = s.get(f"{model}_rewrite_ms"), s.get(f"{model}_rewrite_ms_before")
+            if now and old:
+                a(f"- {model}: median over rows {now['median']:.0f} ms (range {now['min']:.0f}-"
+                  f"{now['max']:.0f}); before issue 17, same run: {old['median']:.0f} ms "
+                  f"({old['min']:.0f}-{old['max']:.0f}).")
+        ex = s.get("export")
+        if ex:
+            a(f"- export of a demo-shaped portfolio ({ex['variants']} variants, convert + "
+              f"measure): serial {ex['serial_s']:.1f} s, parallel ({ex['workers']} worker "
+              f"process(es) + the main one, {ex['cpus']} cores) {ex['parallel_s']:.1f} s; files "
+              f"byte-identical: {ex['byte_identical']}.")
+        a("")
     own = s.get("deploy_rewrites") or {}
     if own:
         a("Rewrite times of the checkpoints of section 1 (one run each, verification excluded; "
