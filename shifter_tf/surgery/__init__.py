@@ -28,11 +28,17 @@ up to float rounding; "fold" removes them too, folds the interior value and mark
 `report.inexact_layers` (the DNNShifter paper simply drops dead channels; "fold" is a better
 approximation of the same thing). Verification with a sample decides whether "fold" is acceptable.
 
-Known limits: channels_first layouts, grouped and transposed convs, Reshape/Permute, softmax on
-the channel axis, LayerNormalization and attention keep their channels frozen; Lambda, custom
-layer classes, subclassed models and TFOpLambda layers are reused as they are (shared with the
-input model) and named in `report.unsupported`; nested models come back inlined; a shared layer
-is pruned consistently across its calls but never gets constants folded into its bias.
+Also per channel: Reshape that only adds/drops unit axes (squeeze-excite), merges that broadcast
+a (B, 1, 1, C) gate or a single channel, element-wise TFOpLambda ops (`tfops`: x + 3.0,
+tf.nn.relu6, x * scale with per-channel constants sliced), per-channel Rescaling and
+Normalization, grouped convolutions (a conv group's inputs and filters go together).
+
+Known limits: channels_first layouts, transposed convs, Reshape that moves channels, Permute,
+softmax on the channel axis, LayerNormalization and attention keep their channels frozen;
+Lambda, custom layer classes, subclassed models and TFOpLambda ops outside the element-wise list
+are reused as they are (shared with the input model) and named in `report.unsupported`; nested
+models come back inlined; a shared layer is pruned consistently across its calls but never gets
+constants folded into its bias. `construct` explains how the new layers are made quickly.
 """
 from shifter_tf.surgery.api import build_dependency_graph, fold_batchnorm, prune_structured
 from shifter_tf.surgery.graph import ChannelGroup, DependencyGraph
