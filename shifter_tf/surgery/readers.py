@@ -25,15 +25,25 @@ class ReadPattern:
 
     def __init__(self, nz: np.ndarray):
         self.shape = nz.shape
+        self.read_rows = nz.any(1)    # inputs read by some filter: the answer for all filters
+        self.reading_cols = nz.any(0)
+        self._nz, self._dense = None, None
         if np.count_nonzero(nz) < self.SPARSE_BELOW * nz.size:
             self.rows, self.cols = np.divmod(np.flatnonzero(nz), nz.shape[1])  # 10x np.nonzero
-            self.dense = None
         else:
-            self.dense = nz.astype(np.float32)
+            self._nz = nz   # the float32 matrix is made on first use: most queries select all
+
+    @property
+    def dense(self) -> np.ndarray | None:
+        if self._dense is None and self._nz is not None:
+            self._dense = self._nz.astype(np.float32)
+        return self._dense
 
     def inputs_read_by(self, outputs: np.ndarray) -> np.ndarray:
         """bool (in,): input channels read by at least one of the selected filters."""
-        if self.dense is not None:
+        if outputs.all():
+            return self.read_rows.copy()
+        if self._nz is not None:
             return (self.dense @ outputs.astype(np.float32)) > 0
         read = np.zeros(self.shape[0], bool)
         read[self.rows[outputs[self.cols]]] = True
@@ -41,7 +51,9 @@ class ReadPattern:
 
     def outputs_reading(self, inputs: np.ndarray) -> np.ndarray:
         """bool (out,): filters reading at least one of the selected input channels."""
-        if self.dense is not None:
+        if inputs.all():
+            return self.reading_cols.copy()
+        if self._nz is not None:
             return (inputs.astype(np.float32) @ self.dense) > 0
         hit = np.zeros(self.shape[1], bool)
         hit[self.cols[inputs[self.rows]]] = True
