@@ -29,6 +29,11 @@ from shifter_tf.surgery import count_params_and_macs
 SPARSE_ENCODABLE = ("fp32", "fp16")
 
 
+#: Variants from which `build_portfolio` starts converter workers by default: a worker costs
+#: one TensorFlow start-up (~4 s of CPU), which a handful of small conversions do not repay.
+PARALLEL_FROM = 8
+
+
 @dataclass
 class Candidate:
     """A Keras model to put in the portfolio, and what it is."""
@@ -58,8 +63,9 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
                     progress: bool = True, workers: Optional[int] = None) -> dict:
     """Convert, measure and write every candidate at each of its precisions; returns the manifest.
 
-    `workers`: converter processes besides this one (default: one per further core; 0 converts
-    everything here). The files are byte-identical whichever process converts them.
+    `workers`: converter processes besides this one (default: one per further core from
+    PARALLEL_FROM variants on; 0 converts everything here). The files are byte-identical
+    whichever process converts them.
     """
     x_test, y_test = data.normalized("test")
     if eval_limit:
@@ -85,7 +91,8 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
 
         # Convert on every core (this process and `workers` spawned ones), then measure one
         # variant at a time, so no conversion disturbs a latency measurement.
-        n_workers = (os.cpu_count() or 1) - 1 if workers is None else workers
+        n_workers = workers if workers is not None else (
+            (os.cpu_count() or 1) - 1 if total >= PARALLEL_FROM else 0)
         bar = tqdm(total=total, desc="convert", unit="variant", disable=not progress)
         with ConverterPool(rep, min(n_workers, max(total - 1, 0))) as pool:
             for i, blob in pool.run(conversions()):
