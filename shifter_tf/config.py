@@ -96,6 +96,7 @@ class SurgeryConfig:
     # > 0: also train each pruned model this many epochs more and deploy it as kind `finetuned`
     # (not lossless, so reported apart from the pruned variants).
     finetune_epochs: int = 0
+    finetune_lr: Optional[float] = None   # default: the recipe's final learning rate
 
 
 @dataclass

@@ -24,6 +24,14 @@ from shifter_tf.data import Dataset
 from shifter_tf.io import atomic_dir
 
 
+def finetune_lr(cfg: Config) -> float:
+    """`surgery.finetune_lr`, else the recipe's final learning rate (train.lr × gamma per
+    milestone, or train.lr × 0.1 without milestones): BN is folded, a large step diverges."""
+    if cfg.surgery.finetune_lr is not None:
+        return cfg.surgery.finetune_lr
+    return cfg.train.lr * cfg.train.gamma ** max(1, len(cfg.train.milestones))
+
+
 def finetuned_dir(run: Path, level: int) -> Path:
     return Path(run) / "finetuned" / f"level_{level:02d}"
 
@@ -43,8 +51,7 @@ def finetune_run(run: Path, cfg: Config, data: Dataset, pruned_path, progress: b
     """Fine-tune the pruned model of every sparse level (or `levels`) that has none yet."""
     epochs = cfg.surgery.finetune_epochs
     recipe = replace(cfg.train, epochs=epochs, warmup_epochs=0.0, milestones=[],
-                     lr=cfg.train.lr * cfg.train.gamma ** len(cfg.train.milestones),
-                     verbose=0)
+                     lr=finetune_lr(cfg), verbose=0)
     todo = levels if levels is not None else [
         r.level for r in lottery.load_results(run) if r.level > 0]
     done = set(finetuned_levels(run))

@@ -104,7 +104,7 @@ def write_report(run: Path) -> Path:
                                 "PROBLEMS:\n" + "\n".join(f"- {p}" for p in problems)), "",
              "## Levels (training)", "",
              lottery.format_table(lottery.load_results(run)), "",
-             *_floor_lines(run),
+             *_floor_lines(run, manifest),
              "## Variants (measured on the TFLite interpreter)", "", format_table(manifest), "",
              "## Smallest pruned variant against its sparse twin", ""]
     lines += _twin_lines(manifest)
@@ -121,19 +121,19 @@ def write_report(run: Path) -> Path:
     return out
 
 
-def _floor_lines(run: Path) -> list[str]:
-    """The levels kept out of the portfolio by the accuracy floor, if any."""
-    from shifter_tf.pipeline import below_floor, run_config
-    cfg = run_config(run)
-    below = below_floor(run, cfg)
-    if not below:
+def _floor_lines(run: Path, manifest: dict) -> list[str]:
+    """Finished levels the portfolio does not deploy (the accuracy floor at export), if any."""
+    deployed = {v.get("level") for v in manifest["variants"]}
+    results = lottery.load_results(run)
+    dense = next((r.test_accuracy for r in results if r.level == 0), None)
+    out = [r for r in results if r.level not in deployed]
+    if not out:
         return []
-    dense = next(r.test_accuracy for r in lottery.load_results(run) if r.level == 0)
-    return [f"**Not deployed** (test accuracy more than "
-            f"{cfg.portfolio.max_accuracy_drop * 100:g} point below dense {dense:.4f}, "
-            "`portfolio.max_accuracy_drop`): " +
-            ", ".join(f"level {l} ({a:.4f})" for l, a in sorted(below.items())) +
-            ". They stay in `levels/` and `pruned/`.", ""]
+    return ["**Not deployed**: " + ", ".join(
+        f"level {r.level} (test accuracy {r.test_accuracy:.4f}, density {r.density:.4f})"
+        for r in out) + f". Dense is {dense:.4f}; a level more than "
+        "`portfolio.max_accuracy_drop` below it stays in `levels/` and `pruned/` but is not "
+        "offered to the device.", ""]
 
 
 def smallest_pruned_vs_sparse(manifest: dict):

@@ -30,12 +30,10 @@ our own jobs, and ratios are taken pair by pair; the 1-minute load average is re
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -193,10 +191,6 @@ def latency_spec(deploys: dict, out: Path, rounds: int, threads: list, deadline:
 
 
 # ------------------------------------------------------------------------------ main
-def _sha(path: Path) -> Optional[str]:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench")
@@ -319,11 +313,9 @@ def main(argv=None) -> int:
         mct_py = ROOT / ".venv-mct" / "bin" / "python"
         if "mct" not in args.skip and mct_py.exists():
             data = out / "mct_data.npz"
-            old = _sha(data)
             run_step("mct_data", [host_python(), TOOLS / "export_bench_data.py", "--run", run,
                                   "--config", args.config, "--out", data], logs)
-            if old and old != _sha(data):      # another dense model: MCT's results are stale
-                shutil.rmtree(out / "mct", ignore_errors=True)
+            # bench_mct redoes a target whose dense model or settings changed, keeps the others
             run_step("mct", [mct_py, TOOLS / "bench_mct.py", "--data", data, "--out", out],
                      logs, check=False)
         run_step("simd", [host_python(), TOOLS / "bench_simd.py", "--run", run, "--out", out],

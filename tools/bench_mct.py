@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# MCT runs on TF 2.15's own Keras 2; the legacy switch the main environment sets (tf_keras) is
+# not installed here and would make `tf.keras` unimportable.
+os.environ.pop("TF_USE_LEGACY_KERAS", None)
 
 import numpy as np  # noqa: E402
 
