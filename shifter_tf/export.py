@@ -80,17 +80,18 @@ def convert(model: keras.Model, precision: str = "fp32",
 # pipe; they rebuild each model and convert it. The bytes are the same as this process's
 # (tests/test_export_parallel.py), so which process converted a variant never shows.
 
-_WORKER_CMD = "from shifter_tf.export import _serve; _serve()"
+# fd 1 is pointed at stderr before anything is imported, so nothing a library prints can mix
+# with the pickled results, which go to a private copy of the original stdout.
+_WORKER_CMD = ("import os; fd = os.dup(1); os.dup2(2, 1); "
+               "from shifter_tf.export import _serve; _serve(fd)")
 
 
-def _serve() -> None:
-    """Worker loop: read pickled jobs on stdin, write pickled results on the real stdout (fd 1
-    now points at stderr, so a library printing cannot corrupt the stream)."""
+def _serve(fd: int) -> None:
+    """Worker loop: read pickled jobs on stdin, write pickled results to file descriptor fd."""
     import os
     import pickle
     import sys
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
+    out = os.fdopen(fd, "wb")
     inp = sys.stdin.buffer
     rep = pickle.load(inp)
     cached = (None, None)
@@ -132,12 +133,14 @@ class ConverterPool:
     """
 
     def __init__(self, representative: Optional[np.ndarray], workers: int = 0,
-                 local: bool = True):
+                 local: bool = True, convert_fn=None):
         self.rep = representative
+        self.convert = convert_fn or convert   # conversions in this process
         self.workers = max(0, int(workers))
         self.local = local    # False: this process converts only what no worker can
         self.converted = {"here": 0, "workers": 0, "retried_here": 0}
         self._procs: list = []
+        self._stop = None   # threading.Event of the current run
 
     def __enter__(self) -> "ConverterPool":
         import subprocess
@@ -152,6 +155,8 @@ class ConverterPool:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._stop is not None:
+            self._stop.set()
         for proc in self._procs:
             try:
                 proc.stdin.close()
@@ -230,18 +235,29 @@ class ConverterPool:
                     return None
                 return pending.popleft() if pending else None
 
+        stop = self._stop = threading.Event()
+
         def take_blocking():
-            import time
-            while True:
+            while not stop.is_set():
                 item = take()
                 if item is not _WAIT:
                     return item
-                time.sleep(0.02)
+                stop.wait(0.02)
+            return None
 
         threads = [threading.Thread(target=self._work, args=(p, take_blocking, results),
                                     daemon=True) for p in self._procs]
         for t in threads:
             t.start()
+        try:
+            yield from self._collect(threads, pending, results, state, refill, take)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=1)
+
+    def _collect(self, threads, pending, results, state, refill, take):
+        import queue
         while True:
             refill()
             while not results.empty() or (state["outstanding"] and any(
@@ -257,7 +273,7 @@ class ConverterPool:
                 else:   # failed in the worker: convert here (raises a real error)
                     _, (_, model, precision, sparse), _ = job
                     self.converted["retried_here"] += 1
-                    yield i, convert(model, precision, self.rep, sparse=sparse)
+                    yield i, self.convert(model, precision, self.rep, sparse=sparse)
                 refill()
             item = take(for_worker=False)
             if item is None:
@@ -269,9 +285,7 @@ class ConverterPool:
             i, (_, model, precision, sparse), _ = item
             state["outstanding"] -= 1
             self.converted["here"] += 1
-            yield i, convert(model, precision, self.rep, sparse=sparse)
-        for t in threads:
-            t.join(timeout=1)
+            yield i, self.convert(model, precision, self.rep, sparse=sparse)
 
 
 _WAIT = object()

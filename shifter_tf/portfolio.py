@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 import shifter_tf
 from edge_runtime.manifest import file_entry, load_manifest, new_manifest, write_manifest
 from shifter_tf.data import Dataset
-from shifter_tf.export import ConverterPool
+from shifter_tf.export import ConverterPool, convert
 from shifter_tf.evaluate import measure
 from shifter_tf.io import atomic_dir
 from shifter_tf.surgery import count_params_and_macs
@@ -94,7 +94,8 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
         n_workers = workers if workers is not None else (
             (os.cpu_count() or 1) - 1 if total >= PARALLEL_FROM else 0)
         bar = tqdm(total=total, desc="convert", unit="variant", disable=not progress)
-        with ConverterPool(rep, min(n_workers, max(total - 1, 0))) as pool:
+        with ConverterPool(rep, min(n_workers, max(total - 1, 0)),
+                           convert_fn=lambda *a, **k: convert(*a, **k)) as pool:
             for i, blob in pool.run(conversions()):
                 c, precision = jobs[i][:2]
                 (tmp / f"variants/{variant_id(c.kind, c.level, precision)}.tflite"

@@ -101,6 +101,7 @@ def bench_one(name: str, sparsity: float, l1: float | None, runs: int, seed: int
         "dead_filters_from_magnitude": round(dead_magnitude, 4),
         "rewrite_ms_median": round(statistics.median(rewrite), 1),
         "rewrite_ms_runs": [round(t, 1) for t in rewrite],
+        "rewrite_ms_min": round(min(rewrite), 1),
         "rewrite_cpu_ms_median": round(statistics.median(cpu), 1),
         "call_ms_median": round(statistics.median(wall), 1),
         "timings_ms_last": rep.timings_ms,
@@ -189,10 +190,16 @@ def bench_export(workers: Optional[int], levels: int = 8, seed: int = 0) -> dict
               representative=ex.representative_samples, progress=False)
     res: dict = {"variants": sum(len(c.precisions) for c in cands), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
+        import resource
         for label, w in (("serial", 0), ("parallel", workers)):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
+            kids = resource.getrusage(resource.RUSAGE_CHILDREN)
             build_portfolio(Path(tmp) / label, cands, data, cfg.name, workers=w, **kw)
             res[f"{label}_s"] = round(time.perf_counter() - start, 2)
+            res[f"{label}_cpu_main_s"] = round(time.process_time() - cpu, 2)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            res[f"{label}_cpu_workers_s"] = round(after.ru_utime + after.ru_stime
+                                                  - kids.ru_utime - kids.ru_stime, 2)
             print(f"export {label}: {res[f'{label}_s']:.1f} s for {res['variants']} variants")
         files = sorted(p.name for p in (Path(tmp) / "serial" / "variants").iterdir())
         res["byte_identical"] = all(
@@ -201,7 +208,11 @@ def bench_export(workers: Optional[int], levels: int = 8, seed: int = 0) -> dict
     res["workers"] = workers if workers is not None else (os.cpu_count() or 1) - 1
     res["note"] = ("demo-shaped portfolio from an untrained vgg_small (tools/bench_surgery.py "
                    "demo_candidates); convert + measure every variant, as build_portfolio does; "
-                   "serial = workers=0, the code path before issue 17")
+                   "serial = workers=0, the code path before issue 17; cpu_main/cpu_workers: "
+                   "CPU seconds of this process and of the converter subprocesses (on cores "
+                   "nobody else uses, the parallel wall time is about the larger of the two "
+                   "plus the measurement)")
+    res["loadavg_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
     return res
 
 
@@ -262,6 +273,7 @@ def main(argv=None) -> int:
                     if old is not None:
                         r["rewrite_ms_median_before"] = old["rewrite_ms_median"]
                         r["rewrite_cpu_ms_median_before"] = old["rewrite_cpu_ms_median"]
+                        r["rewrite_ms_min_before"] = old.get("rewrite_ms_min")
                         r["params_after_before"] = old["params_after"]
                     _print_row(r)
                 rows.extend(new)
