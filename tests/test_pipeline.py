@@ -173,3 +173,36 @@ def test_accuracy_floor_keeps_collapsed_levels_out_of_the_portfolio(run, mnist_t
     text = report.write_report(copy).read_text()
     assert "Not deployed" in text and all(f"level {l} (" in text for l in below)
     assert (copy / "levels" / f"level_{max(below):02d}" / "model.keras").exists()   # kept
+
+
+def test_finetuned_variants_are_deployed_next_to_their_lossless_parents(run, mnist_tiny,
+                                                                        tmp_path):
+    import shutil
+    import tf_keras as keras
+    from shifter_tf import finetune
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    over = {"surgery.finetune_epochs": 1, "export.precisions": ["fp32"],
+            "export.kinds": ["dense", "pruned"], "portfolio.max_accuracy_drop": None}
+    cfg = pipeline.run_config(copy, over)
+    done = finetune.finetune_run(copy, cfg, mnist_tiny, pipeline.pruned_dir, progress=False)
+    assert [m["level"] for m in done] == [1, 2] and finetune.finetuned_levels(copy) == [1, 2]
+    assert finetune.finetune_run(copy, cfg, mnist_tiny, pipeline.pruned_dir,
+                                 progress=False) == []          # resumable: nothing left to do
+    pruned = keras.models.load_model(pipeline.pruned_dir(copy, 2) / "model.keras",
+                                     compile=False)
+    tuned = keras.models.load_model(finetune.finetuned_dir(copy, 2) / "model.keras",
+                                    compile=False)
+    assert pruned.count_params() == tuned.count_params()     # same shape, trained further
+    assert any(not np.array_equal(a, b) for a, b in zip(pruned.get_weights(),
+                                                         tuned.get_weights()))
+    pipeline.export_run(copy, data=mnist_tiny, progress=False, overrides=over)
+    doc = json.loads((copy / "portfolio" / "manifest.json").read_text())
+    validate(doc, "manifest.json")
+    v = {x["id"]: x for x in doc["variants"]}
+    assert v["L02-finetuned-fp32"]["kind"] == "finetuned"
+    assert v["L02-finetuned-fp32"]["parent"] == "L02-pruned-fp32"     # lossless twin kept
+    x, y = mnist_tiny.normalized("test")
+    n = cfg.export.eval_limit or len(y)
+    keras_acc = float(np.mean(tuned.predict(x[:n], verbose=0).argmax(-1) == y[:n]))
+    assert v["L02-finetuned-fp32"]["accuracy"] == pytest.approx(keras_acc, abs=0.004)
