@@ -52,7 +52,8 @@ def plant_dead_filters(model, rng, fraction=0.25, min_filters=8):
 
 def no_empty_layers(model):
     for layer in model.layers:
-        shapes = layer.output_shape if isinstance(layer.output_shape, list) else [layer.output_shape]
+        shape = layer.output_shape
+        shapes = shape if isinstance(shape, list) else [shape]
         assert all(s[-1] is None or s[-1] >= 1 for s in shapes), layer.name
 
 

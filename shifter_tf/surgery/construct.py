@@ -115,7 +115,8 @@ def adoptable(v: np.ndarray, dtype) -> bool:
     """True when TensorFlow can take `v` through DLPack without a copy. Its check of the
     alignment is fatal (abort, not an exception), so it is checked here first."""
     return (v.size > 0 and v.ctypes.data % ALIGN == 0 and v.flags.c_contiguous
-            and v.flags.writeable and v.dtype == np.float32 and tf.as_dtype(dtype or v.dtype) == tf.float32)
+            and v.flags.writeable and v.dtype == np.float32
+            and tf.as_dtype(dtype or v.dtype) == tf.float32)
 
 
 def build_with_values(layer, inputs, values: dict) -> None:
