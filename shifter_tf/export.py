@@ -114,6 +114,35 @@ def _serve(fd: int) -> None:
         out.flush()
 
 
+def idle_cores(window: float = 0.25) -> float:
+    """Cores nobody used during the last `window` seconds (from /proc/stat; all cores where it
+    cannot be read). A converter worker only pays when it gets a core of its own: on a machine
+    other jobs keep busy, its TensorFlow start-up and the competition make an export slower."""
+    import os
+    import time
+
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values[:8])   # idle + iowait, total
+
+    n = os.cpu_count() or 1
+    try:
+        idle0, total0 = sample()
+        time.sleep(window)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return float(n)
+    return n * (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def default_workers() -> int:
+    """Converter subprocesses for an export: one per further core that is idle right now."""
+    import os
+    n = os.cpu_count() or 1
+    return max(0, min(n - 1, int(idle_cores() + 0.25)))
+
+
 def model_payload(model: keras.Model) -> Optional[tuple]:
     """(JSON config, weights) a worker rebuilds `model` from; None if it cannot be serialised."""
     try:

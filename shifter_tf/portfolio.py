@@ -6,7 +6,6 @@ under a temporary name and swapped in whole, so a crash mid-export leaves the pr
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 import shifter_tf
 from edge_runtime.manifest import file_entry, load_manifest, new_manifest, write_manifest
 from shifter_tf.data import Dataset
-from shifter_tf.export import ConverterPool, convert
+from shifter_tf.export import ConverterPool, convert, default_workers
 from shifter_tf.evaluate import measure
 from shifter_tf.io import atomic_dir
 from shifter_tf.surgery import count_params_and_macs
@@ -63,9 +62,9 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
                     progress: bool = True, workers: Optional[int] = None) -> dict:
     """Convert, measure and write every candidate at each of its precisions; returns the manifest.
 
-    `workers`: converter processes besides this one (default: one per further core from
-    PARALLEL_FROM variants on; 0 converts everything here). The files are byte-identical
-    whichever process converts them.
+    `workers`: converter processes besides this one (default, from PARALLEL_FROM variants on:
+    one per further core that is idle when the export starts; 0 converts everything here).
+    The files are byte-identical whichever process converts them.
     """
     x_test, y_test = data.normalized("test")
     if eval_limit:
@@ -92,7 +91,7 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
         # Convert on every core (this process and `workers` spawned ones), then measure one
         # variant at a time, so no conversion disturbs a latency measurement.
         n_workers = workers if workers is not None else (
-            (os.cpu_count() or 1) - 1 if total >= PARALLEL_FROM else 0)
+            default_workers() if total >= PARALLEL_FROM else 0)
         bar = tqdm(total=total, desc="convert", unit="variant", disable=not progress)
         with ConverterPool(rep, min(n_workers, max(total - 1, 0)),
                            convert_fn=lambda *a, **k: convert(*a, **k)) as pool:

@@ -188,7 +188,10 @@ def bench_export(workers: Optional[int], levels: int = 8, seed: int = 0) -> dict
     ex = cfg.export
     kw = dict(threads=ex.threads, runs=ex.latency_runs, warmup=ex.latency_warmup,
               representative=ex.representative_samples, progress=False)
-    res: dict = {"variants": sum(len(c.precisions) for c in cands), "cpus": os.cpu_count()}
+    from shifter_tf.export import default_workers
+    res: dict = {"variants": sum(len(c.precisions) for c in cands), "cpus": os.cpu_count(),
+                 "default_workers_now": default_workers()}
+    workers = workers if workers is not None else (os.cpu_count() or 1) - 1
     with tempfile.TemporaryDirectory() as tmp:
         import resource
         for label, w in (("serial", 0), ("parallel", workers)):
@@ -205,13 +208,14 @@ def bench_export(workers: Optional[int], levels: int = 8, seed: int = 0) -> dict
         res["byte_identical"] = all(
             (Path(tmp) / "serial" / "variants" / f).read_bytes() ==
             (Path(tmp) / "parallel" / "variants" / f).read_bytes() for f in files)
-    res["workers"] = workers if workers is not None else (os.cpu_count() or 1) - 1
+    res["workers"] = workers
     res["note"] = ("demo-shaped portfolio from an untrained vgg_small (tools/bench_surgery.py "
                    "demo_candidates); convert + measure every variant, as build_portfolio does; "
                    "serial = workers=0, the code path before issue 17; cpu_main/cpu_workers: "
                    "CPU seconds of this process and of the converter subprocesses (on cores "
                    "nobody else uses, the parallel wall time is about the larger of the two "
-                   "plus the measurement)")
+                   "plus the measurement); default_workers_now: what build_portfolio would "
+                   "start by default at this moment (one per idle further core)")
     res["loadavg_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
     return res
 
