@@ -107,3 +107,29 @@ def test_report_renders_from_minimal_results(tmp_path):
     assert "Headline" in text and "(a) ours" in text and "1.50x" in text
     assert any("below the paper" in b for b in results["behind"])
     assert len(report.plot(results, tmp_path)) == 2
+
+
+def test_pareto_coverage_and_report(tmp_path):
+    rep = _tool("pareto_report")
+    pt = lambda i, src, kind, acc, ms, level=None: {  # noqa: E731
+        "id": i, "source": src, "kind": kind, "accuracy": acc, "ms": ms, "level": level,
+        "speedup": 0.1 / ms, "bytes": 1000, "params": 10}
+    dense = pt("portfolio/L00-dense-fp32", "portfolio", "dense", 0.98, 0.1, 0)
+    fast = pt("portfolio/L03-pruned-fp32", "portfolio", "pruned", 0.976, 0.04, 3)
+    near = pt("baseline/w0.5_e6", "baseline_e6", "dense", 0.978, 0.037)    # 0.2 pt, 1.08x
+    far = pt("baseline/w0.25_e6", "baseline_e6", "dense", 0.960, 0.02)     # 2x faster
+    better = pt("mct/x", "mct", "pruned+finetuned", 0.99, 0.04)            # 1.4 pt better
+    assert rep.covers(fast, near) and not rep.covers(fast, far) and not rep.covers(fast, better)
+    assert rep.coverage([dense, fast], near) is fast
+    doc = {"points": [dense, fast, near, far, better], "level_epochs": 6, "run_epochs": 54,
+           "test_size": 1000, "dense": dense["id"],
+           "run_levels": [{"level": 3, "density": 0.3, "test_accuracy": 0.976,
+                           "zero_filters": 12}],
+           "arms": {"paper": {"sets": "lottery.structure=none",
+                              "levels": [{"level": 3, "density": 0.3, "test_accuracy": 0.97,
+                                          "zero_filters": 0}]}}}
+    text = rep.render(doc, tmp_path)
+    assert "Width-scaled baselines covered: **1 of 2**" in text
+    assert "Not covered: baseline/w0.25_e6" in text and "Not covered: mct/x" in text
+    assert "| 3 | 0.300 | 0.976 / 12 / 2.50× | 0.970 / 0 / floor |" in text
+    assert (tmp_path / "plots" / "pareto.png").stat().st_size > 0

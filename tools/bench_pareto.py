@@ -100,13 +100,14 @@ def arm_points(cfg_path: str, out: Path, name: str, sets: list[str]) -> list[dic
         if (folder / "levels").exists():
             cmd.append("--resume")
         run_quiet(cmd, out / "logs" / f"arm_{name}.log")
-    pts = portfolio_points(folder, f"arm:{name}", kinds=("pruned",))
-    levels = json.loads((folder / "lottery.json").read_text())
-    for p in pts:
-        lv = next((r for r in levels if r["level"] == p["level"]), None)
-        if lv:
-            p["zero_filters"] = sum(v for k, v in lv["zero_filters"].items())
-    return pts
+    return portfolio_points(folder, f"arm:{name}", kinds=("pruned",))
+
+
+def level_rows(run: Path) -> list[dict]:
+    """Per level of an IMP run: density, Keras test accuracy, whole filters that are zero."""
+    return [{"level": r["level"], "density": r["density"], "test_accuracy": r["test_accuracy"],
+             "zero_filters": sum(r["zero_filters"].values())}
+            for r in json.loads((run / "lottery.json").read_text())]
 
 
 def pai_points(cfg_path: str, out: Path) -> list[dict]:
@@ -197,20 +198,19 @@ def main(argv=None) -> int:
             except SystemExit as e:     # one failed arm must not cost the others; rerun resumes
                 log(f"arm {name} failed, left out: {e}")
                 continue
-            arms[name] = sets
+            arms[name] = {"sets": sets,
+                          "levels": level_rows(out / "pareto" / "arms" / name)}
             points += pts
     log(f"timing {len(points)} files interleaved, 1 thread")
     lat = _latency_rows(time_points(points, dense["id"], out, args.rounds))
     for p in points:
         p.update({"ms": lat[p["id"]]["ms"], "speedup": lat[p["id"]]["speedup"]})
-    levels = json.loads((run / "lottery.json").read_text())
     from shifter_tf.data import load_dataset
     test_size = len(load_dataset(cfg.data, cfg.seed).y_test)
     doc = {"run": str(run), "config": args.config, "level_epochs": level_epochs,
            "test_size": test_size,
            "run_epochs": run_epochs, "dense": dense["id"], "arms": arms,
-           "run_levels": [{k: r[k] for k in ("level", "density", "test_accuracy",
-                                             "zero_filters", "filters")} for r in levels],
+           "run_levels": level_rows(run),
            "points": points, "seconds": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "raw" / "pareto.json", doc)
     log(f"wrote {out / 'raw' / 'pareto.json'} in {doc['seconds']:.0f} s")
