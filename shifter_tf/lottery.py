@@ -16,7 +16,7 @@ Layout of a run folder (each level written atomically, so a killed run resumes c
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -54,7 +54,9 @@ class LevelResult:
     val_accuracy: float
     test_accuracy: float
     threshold: Optional[float] = None
-    resurrected: int = 0           # weights tfmot re-picked that an earlier level had pruned
+    # Weights tfmot re-picked that an earlier level had pruned: always 0 now that KeepPruned
+    # zeroes them before tfmot ranks; kept so metrics.json of earlier runs still load.
+    resurrected: int = 0
     allocated: dict[str, int] = field(default_factory=dict)   # weights the allocation gave
     killed_filters: dict[str, int] = field(default_factory=dict)   # by the structure step
     history: dict = field(default_factory=dict)
@@ -203,11 +205,7 @@ def level_recipe(cfg: Config, level: int):
     """The training recipe of one level: `train`, with `lottery.dense_epochs` for level 0
     (warm-up and milestones scaled with it)."""
     e0 = cfg.lottery.dense_epochs
-    if level or not e0 or e0 == cfg.train.epochs:
-        return cfg.train
-    k = e0 / cfg.train.epochs
-    return replace(cfg.train, epochs=e0, warmup_epochs=cfg.train.warmup_epochs * k,
-                   milestones=[m * k for m in cfg.train.milestones])
+    return T.scaled(cfg.train, e0) if level == 0 and e0 else cfg.train
 
 
 def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
@@ -248,13 +246,11 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
             trained.add_loss(S.gamma_l1_loss(model, cfg.lottery.gamma_l1))
         T.compile_model(trained, recipe, T.steps_per_epoch(data, recipe.batch_size))
     fit = T.fit(trained, data, recipe, seed=cfg.seed + level, what=what, callbacks=callbacks)
-    resurrected = 0
     if level > 0:
         for name, w in W.wrappers(trained).items():
             weight, mask, _ = w.pruning_vars[0]
-            m = mask.numpy().astype(bool)
-            resurrected += int((m & ~allowed[name]).sum())
-            m = _finish(m, np.abs(weight.numpy()), allowed[name], int(new_masks[name].sum()))
+            m = _finish(mask.numpy().astype(bool), np.abs(weight.numpy()), allowed[name],
+                        int(new_masks[name].sum()))
             mask.assign(m.astype(np.float32))
             weight.assign(weight * mask)
         masks = {n: w.pruning_vars[0][1].numpy().astype(bool)
@@ -269,7 +265,7 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
         level=level, target_density=target, density=M.density(masks),
         train_seconds=fit.seconds, epochs=recipe.epochs,
         val_accuracy=T.evaluate(model, data, "val"), test_accuracy=T.evaluate(model, data, "test"),
-        threshold=threshold, resurrected=resurrected,
+        threshold=threshold,
         allocated={n: int(m.sum()) for n, m in new_masks.items()}, killed_filters=killed,
         history={k: [float(v) for v in vs] for k, vs in fit.history.items()},
         **_stats(model, names, masks))

@@ -107,4 +107,3 @@ def save_masks(path, masks: Masks) -> None:
 def load_masks(path) -> Masks:
     with np.load(path) as z:
         return {k: z[k].astype(bool) for k in z.files}
-

@@ -78,14 +78,11 @@ def prune_run(run: Path, force: Optional[bool] = None, data: Optional[Dataset] =
     return "\n".join(rows)
 
 
-def below_floor(run: Path, cfg: Config) -> dict[int, float]:
-    """Levels more than `portfolio.max_accuracy_drop` below dense test accuracy: {level: acc}.
-
-    They stay in the run (levels/, pruned/) and the report lists them, but the portfolio
-    never offers the device a model that has collapsed.
+def below_floor(results: list, drop: Optional[float]) -> dict[int, float]:
+    """Levels more than `drop` (`portfolio.max_accuracy_drop`) below dense test accuracy:
+    {level: acc}. They stay in the run (levels/, pruned/) and the report lists them, but the
+    portfolio never offers the device a model that has collapsed.
     """
-    drop = cfg.portfolio.max_accuracy_drop
-    results = lottery.load_results(run)
     dense = next((r.test_accuracy for r in results if r.level == 0), None)
     if drop is None or dense is None:
         return {}
@@ -101,8 +98,9 @@ def candidates(run: Path, cfg: Config) -> list[Candidate]:
     """
     kinds, precisions = cfg.export.kinds, cfg.export.precisions
     out = []
-    below = set(below_floor(run, cfg))
-    results = {r.level: r for r in lottery.load_results(run) if r.level not in below}
+    levels = lottery.load_results(run)
+    below = below_floor(levels, cfg.portfolio.max_accuracy_drop)
+    results = {r.level: r for r in levels if r.level not in below}
     if "dense" in kinds and 0 in results:
         out.append(Candidate("dense", 0, 1.0, lambda: lottery.load_level_model(run, 0),
                              precisions))

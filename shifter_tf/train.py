@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -54,6 +54,15 @@ class WarmupPiecewise(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"lr": self.lr, "warmup_steps": self.warmup_steps,
                 "boundaries": self.boundaries, "gamma": self.gamma}
+
+
+def scaled(cfg: TrainConfig, epochs: int) -> TrainConfig:
+    """The recipe stretched to `epochs`: warm-up and LR milestones scale with it."""
+    if epochs == cfg.epochs:
+        return cfg
+    k = epochs / cfg.epochs
+    return replace(cfg, epochs=epochs, warmup_epochs=cfg.warmup_epochs * k,
+                   milestones=[m * k for m in cfg.milestones])
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:

@@ -62,10 +62,7 @@ def cached_baseline(config: str, folder: Path, width: float, epochs: int) -> dic
         return hit
     cfg = load_config(config)
     data = _data(cfg)
-    scale = epochs / cfg.train.epochs
-    tr = replace(cfg.train, epochs=epochs, verbose=0,
-                 warmup_epochs=cfg.train.warmup_epochs * scale,
-                 milestones=[m * scale for m in cfg.train.milestones])
+    tr = replace(T.scaled(cfg.train, epochs), verbose=0)
     import tf_keras as keras
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.seed)

@@ -39,7 +39,11 @@ def compare(reference, candidate, sample, min_agreement: float = 0.99,
     """Run both models on `sample` and measure how far the candidate's outputs move."""
     ref = _run(reference, sample, batch_size)
     new = _run(candidate, sample, batch_size)
-    finite = all(np.isfinite(o).all() for o in ref + new)
+    n = int(ref[0].shape[0]) if ref and ref[0].ndim else 1
+    if not all(np.isfinite(o).all() for o in ref + new):
+        # NaN compares as equal argmax: agreement would mean nothing here
+        return Verification(n, float("nan"), float("nan"), float("nan"), 0.0,
+                            float(min_agreement), False, False)
     max_abs, scale, agree = 0.0, 0.0, []
     for a, b in zip(ref, new):
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
@@ -48,9 +52,5 @@ def compare(reference, candidate, sample, min_agreement: float = 0.99,
         a2, b2 = a64.reshape(-1, a.shape[-1]), b64.reshape(-1, b.shape[-1])
         agree.append(float(np.mean(a2.argmax(-1) == b2.argmax(-1))))
     agreement = float(np.mean(agree)) if agree else 1.0
-    n = int(ref[0].shape[0]) if ref and ref[0].ndim else 1
-    if not finite:   # NaN compares as equal argmax: agreement means nothing here
-        return Verification(n, float("nan"), float("nan"), float("nan"), 0.0,
-                            float(min_agreement), False, False)
     return Verification(n, max_abs, scale, max_abs / scale if scale else 0.0, agreement,
                         float(min_agreement), agreement >= min_agreement)
