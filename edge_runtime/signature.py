@@ -39,12 +39,14 @@ class SignatureError(ManifestError):
     """The portfolio is unsigned, signed by another key, altered after signing, or unverifiable."""
 
 
-def _crypto() -> Any:
+def crypto(purpose: str = "checking a portfolio's signature") -> Any:
+    """`cryptography`'s serialization and ed25519 modules, imported only when a key is used;
+    without the package, a SignatureError saying what `purpose` needs it."""
     try:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:
-        raise SignatureError("checking a portfolio's signature needs the 'cryptography' package "
+        raise SignatureError(f"{purpose} needs the 'cryptography' package "
                              "(pip install cryptography)") from None
     return serialization, ed25519
 
@@ -56,7 +58,7 @@ def key_id(raw_public: bytes) -> str:
 
 def public_key_bytes(key: Any) -> bytes:
     """The raw 32 bytes of an Ed25519 public key given as a key object, file, PEM, raw or base64."""
-    serialization, ed25519 = _crypto()
+    serialization, ed25519 = crypto()
     if isinstance(key, ed25519.Ed25519PublicKey):
         return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     where = "the public key"
@@ -130,7 +132,7 @@ def read_signature(folder_or_manifest: PathLike) -> Optional[Dict[str, Any]]:
 
 def verify_manifest_bytes(path: PathLike, data: bytes, public_key: Any) -> str:
     """Check the signature of manifest bytes read from ``path``; returns the key id."""
-    serialization, ed25519 = _crypto()
+    serialization, ed25519 = crypto()
     raw = public_key_bytes(public_key)
     want = key_id(raw)
     sig_path = signature_path(path)

@@ -16,21 +16,11 @@ from pathlib import Path
 from typing import Any, Tuple, Union
 
 from edge_runtime.manifest import read_manifest_bytes, utc_now
-from edge_runtime.signature import (SignatureError, key_id, signature_doc, signature_path,
-                                    verify_manifest_bytes)
+from edge_runtime.signature import (SignatureError, crypto, key_id, signature_doc,
+                                    signature_path, verify_manifest_bytes)
 
 PASSPHRASE_ENV = "SHIFTER_TF_KEY_PASSPHRASE"
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def _crypto() -> Any:
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:
-        raise SignatureError("signing needs the 'cryptography' package "
-                             "(pip install cryptography)") from None
-    return serialization, ed25519
 
 
 def _passphrase() -> Union[bytes, None]:
@@ -56,7 +46,7 @@ def generate_keypair(path: PathLike, force: bool = False) -> Tuple[Path, Path, s
 
     Returns both paths and the key id the device reports.
     """
-    serialization, ed25519 = _crypto()
+    serialization, ed25519 = crypto("signing")
     priv_path = Path(path)
     pub_path = priv_path.with_name(priv_path.name + ".pub")
     if not force:
@@ -79,7 +69,7 @@ def generate_keypair(path: PathLike, force: bool = False) -> Tuple[Path, Path, s
 
 def load_private_key(path: PathLike) -> Any:
     """The Ed25519 private key in a PEM file; ``SignatureError`` naming the file otherwise."""
-    serialization, ed25519 = _crypto()
+    serialization, ed25519 = crypto("signing")
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -107,7 +97,7 @@ def sign_portfolio(folder: PathLike, private_key: Any) -> Path:
     """
     from shifter_tf.io import atomic_write_json
 
-    serialization, _ = _crypto()
+    serialization, _ = crypto("signing")
     key = private_key if hasattr(private_key, "sign") else load_private_key(private_key)
     path, data = read_manifest_bytes(folder)
     raw = key.public_key().public_bytes(serialization.Encoding.Raw,
