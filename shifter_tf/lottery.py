@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from shifter_tf import structure as S
 from shifter_tf import wrappers as W
 from shifter_tf import train as T
 from shifter_tf.config import Config, ConfigError, load_config, save_config
-from shifter_tf.data import Dataset, load_dataset
+from shifter_tf.data import Dataset, Normalization, load_dataset, model_normalizes
 from shifter_tf.io import atomic_dir, atomic_save, atomic_write_json
 from shifter_tf.models import iter_layers, model_for
 
@@ -87,6 +87,29 @@ def save_weights(path: Path, weights: dict[str, np.ndarray]) -> None:
 def load_weights(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
+
+
+NORM_FILE = "normalization.json"
+
+
+def run_data(cfg: Config, run: Path, data=None):
+    """The run's data with the normalisation it trained with (recorded in NORM_FILE), so later
+    phases and resumed runs need no statistics pass and normalise exactly alike."""
+    path = Path(run) / NORM_FILE
+    recorded = Normalization.from_dict(json.loads(path.read_text())) if path.exists() else None
+    if data is None:
+        return load_dataset(cfg.data, cfg.seed, recorded)
+    return data if recorded is None else data.with_norm(recorded)
+
+
+def _record_norm(cfg: Config, run: Path, data):
+    """At a run's start: a model with its own Rescaling/Normalization takes the inputs as they
+    are (`source: model`); the choice is written to the run for every later phase."""
+    if not (Path(run) / NORM_FILE).exists():
+        if data.norm.on_device and model_normalizes(make_model(cfg, data)):
+            data = data.with_norm(Normalization.identity("model", data.input_shape[-1]))
+        atomic_write_json(Path(run) / NORM_FILE, data.norm.to_dict())
+    return data
 
 
 def level_dir(run: Path, level: int) -> Path:
@@ -210,7 +233,7 @@ def level_recipe(cfg: Config, level: int):
 
 def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 prev_model: Optional[keras.Model], prev_masks: Optional[M.Masks],
-                strategy: tf.distribute.Strategy) -> tuple[keras.Model, M.Masks, LevelResult,
+                strategy: tf.distribute.Strategy, user_callbacks: Sequence = ()) -> tuple[keras.Model, M.Masks, LevelResult,
                                                            Optional[dict]]:
     """Train one IMP level; returns the stripped model, its masks, metrics and θ_k (level 0)."""
     keras.utils.set_random_seed(cfg.seed + level)
@@ -245,7 +268,8 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
         if cfg.lottery.gamma_l1:
             trained.add_loss(S.gamma_l1_loss(model, cfg.lottery.gamma_l1))
         T.compile_model(trained, recipe, T.steps_per_epoch(data, recipe.batch_size))
-    fit = T.fit(trained, data, recipe, seed=cfg.seed + level, what=what, callbacks=callbacks)
+    fit = T.fit(trained, data, recipe, seed=cfg.seed + level, what=what,
+                callbacks=[*callbacks, *user_callbacks])
     if level > 0:
         for name, w in W.wrappers(trained).items():
             weight, mask, _ = w.pruning_vars[0]
@@ -298,10 +322,12 @@ def _check_resume(cfg: Config, run: Path) -> None:
 def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
                 data: Optional[Dataset] = None, progress: bool = True,
                 stop_after: Optional[int] = None,
-                on_level: Optional[Callable[[LevelResult], None]] = None) -> list[LevelResult]:
+                on_level: Optional[Callable[[LevelResult], None]] = None,
+                callbacks: Sequence = ()) -> list[LevelResult]:
     """Train levels 0..cfg.lottery.levels into `run`, resuming after the last finished level.
 
-    `stop_after` ends the run after that level (used to emulate an interruption in tests).
+    `stop_after` ends the run after that level (used to emulate an interruption in tests);
+    `callbacks` (tf_keras) are passed to every level's fit.
     """
     run = Path(run)
     done = finished_levels(run)
@@ -314,7 +340,7 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
     save_config(cfg, run / "config.yaml")
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    data = data or load_dataset(cfg.data, cfg.seed)
+    data = _record_norm(cfg, run, run_data(cfg, run, data))
     strategy = T.make_strategy(cfg.train.strategy)
     results = load_results(run)
     prev_model = prev_masks = rewind = None
@@ -330,7 +356,7 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
                initial=first, total=cfg.lottery.levels + 1, disable=not progress)
     for level in bar:
         model, masks, result, rewind = train_level(cfg, data, level, rewind, prev_model,
-                                                   prev_masks, strategy)
+                                                   prev_masks, strategy, callbacks)
         if level == 0:
             save_weights(run / "rewind.npz", rewind)
         _save_level(run, model, masks, result)

@@ -49,8 +49,8 @@ def prune_run(run: Path, force: Optional[bool] = None, data: Optional[Dataset] =
     levels = sorted(density)
     if not levels:
         raise FileNotFoundError(f"{run}/levels: no finished sparse level to prune")
-    data = data or load_dataset(cfg.data, cfg.seed)
-    sample = data.normalized("val")[0][: cfg.surgery.sample_size]
+    data = lottery.run_data(cfg, run, data)
+    sample = data.sample("val", cfg.surgery.sample_size)[0]
     rows = ["| level | density | params before | params after | MACs before | MACs after | "
             "rewrite ms | max abs dlogit | top-1 agreement |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -131,16 +131,18 @@ def candidates(run: Path, cfg: Config) -> list[Candidate]:
 
 
 def export_run(run: Path, data: Optional[Dataset] = None, progress: bool = True,
-               overrides: Optional[dict] = None) -> str:
+               overrides: Optional[dict] = None, representative=None) -> str:
     """Write RUN/portfolio from the levels and pruned levels; returns the portfolio table.
-    `overrides` ({"export.latency_runs": 10}) change the run's config for this export only."""
+    `overrides` ({"export.latency_runs": 10}) change the run's config for this export only;
+    `representative` (normalised inputs) replaces the training-split sample for int8."""
     cfg = run_config(run, overrides)
-    data = data or load_dataset(cfg.data, cfg.seed)
+    data = lottery.run_data(cfg, run, data)
     ex = cfg.export
     manifest = build_portfolio(Path(run) / "portfolio", candidates(run, cfg), data, cfg.name,
                                threads=ex.threads, runs=ex.latency_runs, warmup=ex.latency_warmup,
                                representative=ex.representative_samples,
-                               eval_limit=ex.eval_limit, progress=progress)
+                               eval_limit=ex.eval_limit, progress=progress,
+                               representative_data=representative)
     return format_table(manifest)
 
 

@@ -51,26 +51,30 @@ def variant_id(kind: str, level: int, precision: str) -> str:
 
 
 def task_entry(data: Dataset, name: str) -> dict:
+    """The manifest's task. `normalization` is what the device applies: null when the model
+    (`normalization_source: model`) or the caller's own preprocessing (`caller`) does it."""
+    norm = data.norm.to_dict()
+    source = norm.pop("source")
     return {"name": name, "input_shape": list(data.input_shape), "input_dtype": "float32",
-            "normalization": data.norm.to_dict(), "labels": list(data.labels),
+            "normalization": norm if data.norm.on_device else None,
+            "normalization_source": source, "labels": list(data.labels),
             "num_classes": data.num_classes}
 
 
 def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, name: str,
                     threads: Sequence[int] = (1, 0), runs: int = 50, warmup: int = 5,
                     representative: int = 200, eval_limit: Optional[int] = None,
-                    progress: bool = True, workers: Optional[int] = None) -> dict:
+                    progress: bool = True, workers: Optional[int] = None,
+                    representative_data: Optional[np.ndarray] = None) -> dict:
     """Convert, measure and write every candidate at each of its precisions; returns the manifest.
 
     `workers`: converter processes besides this one (default, from PARALLEL_FROM variants on:
     one per further core that is idle when the export starts; 0 converts everything here).
     The files are byte-identical whichever process converts them.
     """
-    x_test, y_test = data.normalized("test")
-    if eval_limit:
-        x_test, y_test = x_test[:eval_limit], y_test[:eval_limit]
-    rep = data.normalized("train")[0]
-    rep = rep[np.random.default_rng(0).permutation(len(rep))[:representative]]
+    x_test, y_test = data.sample("test", eval_limit or data.count("test"))
+    rep = (data.sample("train", representative, seed=0)[0] if representative_data is None
+           else np.asarray(representative_data, np.float32)[:representative])
     total = sum(len(c.precisions) for c in candidates)
     manifest: dict = {}
 

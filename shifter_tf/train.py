@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from shifter_tf.config import TrainConfig
-from shifter_tf.data import Dataset
+from shifter_tf.data import Dataset, stream_errors
 
 
 class TrainingError(RuntimeError):
@@ -76,6 +76,13 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """Compile with the recipe, or with the user's own compile() when `cfg.compiled` holds it."""
+    if cfg.compiled:
+        from shifter_tf.compiled import build
+
+        optimizer, loss, metrics = build(cfg.compiled)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics or ["accuracy"])
+        return
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if cfg.label_smoothing:
         # Keras' sparse loss has no label smoothing; one-hot targets are built in the pipeline.
@@ -125,7 +132,7 @@ class FitResult:
 
 
 def steps_per_epoch(data: Dataset, batch_size: int) -> int:
-    return max(1, math.ceil(len(data.x_train) / batch_size))
+    return data.steps("train", batch_size)
 
 
 def fit(model: keras.Model, data: Dataset, cfg: TrainConfig, *, seed: int, what: str,
@@ -139,8 +146,9 @@ def fit(model: keras.Model, data: Dataset, cfg: TrainConfig, *, seed: int, what:
         val = val.map(lambda x, y: (x, tf.one_hot(y, k)))
     guard = NaNGuard()
     start = time.perf_counter()
-    hist = model.fit(train, validation_data=val, epochs=epochs or cfg.epochs,
-                     verbose=cfg.verbose, callbacks=[*callbacks, guard])
+    with stream_errors(f"{what}: {data.name}"):
+        hist = model.fit(train, validation_data=val, epochs=epochs or cfg.epochs,
+                         verbose=cfg.verbose, callbacks=[*callbacks, guard])
     if guard.bad_at is not None:
         raise TrainingError(f"{what}: loss became {guard.bad_at[1]} in epoch "
                             f"{guard.bad_at[0] + 1}; lower train.lr or check the data")
@@ -150,7 +158,9 @@ def fit(model: keras.Model, data: Dataset, cfg: TrainConfig, *, seed: int, what:
 
 
 def evaluate(model: keras.Model, data: Dataset, split: str, batch_size: int = 256) -> float:
-    """Top-1 accuracy of a Keras model on a split (logits or probabilities alike)."""
-    x, y = data.normalized(split)
-    logits = model.predict(x, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(logits, -1) == y))
+    """Top-1 accuracy of a Keras model on a split (logits or probabilities alike), batch by
+    batch: the split is never held whole."""
+    x_only = data.tf_dataset(split, batch_size).map(lambda x, y: x)
+    with stream_errors(f"{data.name} {split}"):
+        logits = model.predict(x_only, verbose=0)
+    return float(np.mean(np.argmax(logits, -1) == data.labels_of(split)))

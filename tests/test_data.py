@@ -60,7 +60,7 @@ def test_image_folder(tmp_path):
     d = load_dataset(DataConfig(name="image_folder", path=str(tmp_path), image_size=[8, 8],
                                 val_fraction=0.2, test_fraction=0.2))
     assert d.labels == ["cat", "dog"] and d.input_shape == (8, 8, 3)
-    assert len(d.x_train) + len(d.x_val) + len(d.x_test) == 20
+    assert sum(d.count(s) for s in ("train", "val", "test")) == 20
     with pytest.raises(DataError, match="image_folder"):
         load_dataset(DataConfig(name="image_folder", path=str(tmp_path / "missing")))
 

@@ -261,9 +261,7 @@ def repair(layer, mask: np.ndarray, score: np.ndarray, live_in: np.ndarray
 # ---------------------------------------------------------------- the pruning step
 def sample_batch(data, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """`n` normalised training examples, drawn with `seed`."""
-    x, y = data.normalized("train")
-    idx = np.random.default_rng(seed).permutation(len(x))[:n]
-    return x[idx], y[idx]
+    return data.sample("train", n, seed=seed)
 
 
 def prune_at_init(model: keras.Model, s: PaiConfig, data=None, seed: int = 0) -> PaiPlan:

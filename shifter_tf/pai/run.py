@@ -81,7 +81,7 @@ def _surgery(cfg: Config, data: Dataset, sparse: keras.Model, folder: Path, note
     except ImportError as e:   # the rewriter is optional for the pruning step itself
         notes.append(f"structured rewrite skipped: {e}")
         return None, None
-    sample = data.normalized("val")[0][: cfg.surgery.sample_size]
+    sample = data.sample("val", cfg.surgery.sample_size)[0]
     pruned, report = prune_structured(sparse, sample=sample,
                                       min_agreement=cfg.surgery.min_agreement,
                                       force=cfg.surgery.force)
