@@ -130,7 +130,7 @@ def train_portfolio(model, train_data, validation_data=None, *, out: Union[str, 
     Options not named here go in `config` (a Config, a YAML path or a dict of sections).
     """
     from shifter_tf import lottery
-    from shifter_tf.compiled import compile_spec
+    from shifter_tf.compiled import compile_spec, tf_keras_callbacks
     from shifter_tf.io import atomic_save
     from shifter_tf.models import load_user_model
 
@@ -161,7 +161,7 @@ def train_portfolio(model, train_data, validation_data=None, *, out: Union[str, 
     if seed is not None:
         cfg = replace(cfg, seed=seed)
     results = lottery.run_lottery(cfg, out, resume=resume, data=data, progress=progress,
-                                  callbacks=list(callbacks))
+                                  callbacks=tf_keras_callbacks(callbacks))
     return Portfolio(out, results, lottery.run_data(cfg, out, data))
 
 

@@ -83,3 +83,41 @@ def build(spec: dict):
         return keras.optimizers.get(obj) if kind == "optimizer" else obj
     return (make(spec["optimizer"], "optimizer"), make(spec["loss"], "loss"),
             [make(m, "metric") for m in spec.get("metrics") or []])
+
+
+HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+         "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end",
+         "on_test_batch_begin", "on_test_batch_end", "on_predict_begin", "on_predict_end",
+         "on_predict_batch_begin", "on_predict_batch_end")
+
+
+def tf_keras_callbacks(callbacks) -> list:
+    """The user's callbacks as tf_keras ones: Keras 3 callbacks (EarlyStopping, CSVLogger,
+    LambdaCallback...) are wrapped so tf_keras' fit can call them; they see the tf_keras model,
+    whose get_weights/stop_training they use alike."""
+    import tf_keras as keras
+
+    class Keras3Callback(keras.callbacks.Callback):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            for hook in HOOKS:
+                setattr(self, hook, getattr(inner, hook))
+
+        def set_model(self, model):
+            super().set_model(model)
+            self.inner.set_model(model)
+
+        def set_params(self, params):
+            super().set_params(params)
+            self.inner.set_params(params)
+
+    out = []
+    for cb in callbacks:
+        if isinstance(cb, keras.callbacks.Callback):
+            out.append(cb)
+        elif all(hasattr(cb, h) for h in HOOKS) and hasattr(cb, "set_model"):
+            out.append(Keras3Callback(cb))
+        else:
+            raise TypeError(f"callbacks: {type(cb).__name__} is not a Keras callback")
+    return out

@@ -135,9 +135,10 @@ class Dataset:
 
 
 @contextlib.contextmanager
-def stream_errors(what: str):
+def stream_errors(what: str, locate=None):
     """Turn what a streamed split raises while it is read (a file that is no image, a corrupt
-    one, non-finite values) into one DataError line naming the file or split."""
+    one, non-finite values) into one DataError line naming the file or split. `locate()` finds
+    the file a decoder error came from (the decoder's message does not say)."""
     import tensorflow as tf
 
     try:
@@ -152,9 +153,12 @@ def stream_errors(what: str):
         if m:
             raise DataError(f"{m.group(1)}; clean the data before training") from None
         if "decode" in msg.lower() or "image" in msg.lower():
+            bad = locate() if locate else None
+            if bad:
+                raise DataError(f"{bad[0]}: cannot decode image ({bad[1]}); remove or replace "
+                                "the file") from None
             first = (msg.split("]")[-1].strip().splitlines() or [""])[0][:160]
-            raise DataError(f"{what}: an image cannot be decoded ({first}); find it with "
-                            "`python -m PIL` or remove truncated files") from None
+            raise DataError(f"{what}: an image cannot be decoded ({first})") from None
         raise
 
 

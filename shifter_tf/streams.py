@@ -32,6 +32,7 @@ class Source:
     make: Callable[[], Any]
     batched: bool
     count: Optional[int] = None          # examples; None = unknown until counted
+    paths: Optional[list[str]] = None    # the files behind it (image folders)
     labels: Optional[np.ndarray] = None  # known without decoding (image folders)
     shuffle_before: Optional[Callable[[Any, int], Any]] = None   # cheap shuffle (file names)
 
@@ -55,6 +56,19 @@ class StreamData:
     def with_norm(self, norm: Normalization) -> "StreamData":
         return replace(self, norm=norm, _counts=self._counts)
 
+    def bad_file(self) -> Optional[tuple[str, str]]:
+        """The first file of any split that does not decode, and why (a slow scan, run only
+        after a decoder error, whose message names no file)."""
+        import tensorflow as tf
+
+        for split in SPLITS:
+            for path in self.sources[split].paths or ():
+                try:
+                    tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+                except tf.errors.OpError as e:
+                    return path, (e.message.splitlines() or [""])[0][:120]
+        return None
+
     def _source(self, split: str) -> Source:
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}: train, val or test")
@@ -67,7 +81,7 @@ class StreamData:
             return src.count
         if split not in self._counts:
             n = 0
-            with stream_errors(f"{self.name} {split}"):
+            with stream_errors(f"{self.name} {split}", self.bad_file):
                 for _, y in src.make():
                     n += int(np.shape(y)[0]) if src.batched else 1
             self._counts[split] = n
@@ -127,7 +141,7 @@ class StreamData:
         if src.batched:
             ds = ds.unbatch()
         xs, ys = [], []
-        with stream_errors(f"{self.name} {split}"):
+        with stream_errors(f"{self.name} {split}", self.bad_file):
             for x, y in ds.map(self._normalize(split)).take(n).batch(256):
                 xs.append(x.numpy())
                 ys.append(y.numpy())
@@ -140,7 +154,7 @@ class StreamData:
         src = self._source(split)
         if src.labels is not None:
             return src.labels
-        with stream_errors(f"{self.name} {split}"):
+        with stream_errors(f"{self.name} {split}", self.bad_file):
             return np.concatenate([np.reshape(y, -1) for y in
                                    src.make().map(lambda x, y: y).as_numpy_iterator()])
 
@@ -191,16 +205,17 @@ def _file_source(paths: list[str], labels: np.ndarray, size: tuple[int, int]) ->
         return (tf.data.Dataset.from_tensor_slices((paths_t, labels_t))
                 .shuffle(len(paths_t), seed=seed, reshuffle_each_iteration=True)
                 .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
-    return Source(make=make, batched=False, count=len(paths), labels=labels_t,
-                  shuffle_before=shuffled)
+    return Source(make=make, batched=False, count=len(paths), paths=list(paths),
+                  labels=labels_t, shuffle_before=shuffled)
 
 
-def streaming_stats(ds, channels: int, scale: float, what: str) -> Normalization:
+def streaming_stats(ds, channels: int, scale: float, what: str,
+                    locate=None) -> Normalization:
     """Per-channel mean/std of `ds` (unbatched raw x) in one pass, in float64."""
     total = np.zeros(channels)
     sq = np.zeros(channels)
     n = 0
-    with stream_errors(what):
+    with stream_errors(what, locate):
         for x, _ in ds.batch(256).as_numpy_iterator():
             flat = x.reshape(-1, channels).astype(np.float64) * scale
             total += flat.sum(0)
@@ -234,11 +249,13 @@ def image_folder(root: str | Path, image_size=(32, 32), val_fraction: float = 0.
     if not sources["train"].count:
         raise DataError(f"{root}: the training split is empty; lower data.val_fraction / "
                         "data.test_fraction or add images")
-    name = Path(root).name
-    if norm is None:
-        norm = (streaming_stats(sources["train"].make(), 3, 1.0 / 255.0, str(root)) if normalize
-                else Normalization(1.0 / 255.0, [0.0] * 3, [1.0] * 3, source="fixed"))
-    return StreamData(name, sources, classes, (*size, 3), norm, augment=augment, flip=flip)
+    data = StreamData(Path(root).name, sources, classes, (*size, 3),
+                      Normalization(1.0 / 255.0, [0.0] * 3, [1.0] * 3, source="fixed"),
+                      augment=augment, flip=flip)
+    if norm is None and normalize:
+        norm = streaming_stats(sources["train"].make(), 3, 1.0 / 255.0, str(root),
+                               data.bad_file)
+    return data if norm is None else data.with_norm(norm)
 
 
 # ---------------------------------------------------------------- user pipelines

@@ -146,7 +146,7 @@ def fit(model: keras.Model, data: Dataset, cfg: TrainConfig, *, seed: int, what:
         val = val.map(lambda x, y: (x, tf.one_hot(y, k)))
     guard = NaNGuard()
     start = time.perf_counter()
-    with stream_errors(f"{what}: {data.name}"):
+    with stream_errors(f"{what}: {data.name}", getattr(data, "bad_file", None)):
         hist = model.fit(train, validation_data=val, epochs=epochs or cfg.epochs,
                          verbose=cfg.verbose, callbacks=[*callbacks, guard])
     if guard.bad_at is not None:
@@ -161,6 +161,6 @@ def evaluate(model: keras.Model, data: Dataset, split: str, batch_size: int = 25
     """Top-1 accuracy of a Keras model on a split (logits or probabilities alike), batch by
     batch: the split is never held whole."""
     x_only = data.tf_dataset(split, batch_size).map(lambda x, y: x)
-    with stream_errors(f"{data.name} {split}"):
+    with stream_errors(f"{data.name} {split}", getattr(data, "bad_file", None)):
         logits = model.predict(x_only, verbose=0)
     return float(np.mean(np.argmax(logits, -1) == data.labels_of(split)))
