@@ -3,7 +3,7 @@
 In-memory sets (`Dataset`) hold raw float32 arrays (pixel values as stored, 0..255) so the
 normalisation the model was trained with can be written into the portfolio manifest and re-applied
 on the device. Image folders and user pipelines stream instead (`shifter_tf.streams.StreamData`);
-both offer the same methods (`tf_dataset`, `steps`, `count`, `sample`, `labels_of`).
+both offer the same methods (`tf_dataset`, `steps`, `count`, `sample`).
 """
 from __future__ import annotations
 
@@ -108,9 +108,6 @@ class Dataset:
 
     def steps(self, name: str, batch_size: int) -> int:
         return max(1, -(-self.count(name) // batch_size))
-
-    def labels_of(self, name: str) -> np.ndarray:
-        return self.split(name)[1]
 
     def sample(self, name: str, n: int, seed: Optional[int] = None) -> tuple[np.ndarray,
                                                                              np.ndarray]:

@@ -1,7 +1,7 @@
 """Data that stream from disk or from a user's tf.data pipeline, never held whole in memory.
 
 `StreamData` offers what the pipeline asks of a data set (`tf_dataset`, `steps`, `count`,
-`sample`, `labels_of`, `norm`), like the in-memory `data.Dataset`, so training, surgery and
+`sample`, `norm`), like the in-memory `data.Dataset`, so training, surgery and
 export take either. Two sources:
 
 - an image folder (ROOT/<class>/<image>): the file list is split (stratified, seeded) and each
@@ -33,7 +33,6 @@ class Source:
     batched: bool
     count: Optional[int] = None          # examples; None = unknown until counted
     paths: Optional[list[str]] = None    # the files behind it (image folders)
-    labels: Optional[np.ndarray] = None  # known without decoding (image folders)
     shuffle_before: Optional[Callable[[Any, int], Any]] = None   # cheap shuffle (file names)
 
 
@@ -149,15 +148,6 @@ class StreamData:
             raise DataError(f"{self.name}: the {split} split is empty")
         return np.concatenate(xs), np.concatenate(ys)
 
-    def labels_of(self, split: str) -> np.ndarray:
-        """All labels of `split`, in stream order (no decoding for image folders)."""
-        src = self._source(split)
-        if src.labels is not None:
-            return src.labels
-        with stream_errors(f"{self.name} {split}", self.bad_file):
-            return np.concatenate([np.reshape(y, -1) for y in
-                                   src.make().map(lambda x, y: y).as_numpy_iterator()])
-
 
 def _count_batches(ds) -> int:
     return sum(1 for _ in ds)
@@ -206,7 +196,7 @@ def _file_source(paths: list[str], labels: np.ndarray, size: tuple[int, int]) ->
                 .shuffle(len(paths_t), seed=seed, reshuffle_each_iteration=True)
                 .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
     return Source(make=make, batched=False, count=len(paths), paths=list(paths),
-                  labels=labels_t, shuffle_before=shuffled)
+                  shuffle_before=shuffled)
 
 
 def streaming_stats(ds, channels: int, scale: float, what: str,

@@ -39,7 +39,7 @@ def test_stream_matches_keras_folder_loader(tmp_path):
     by_path = {p: x for p, (x, _) in zip(ref.file_paths, ref.as_numpy_iterator())}
     src = d.sources["test"]
     x, y = d.sample("test", 100)
-    assert len(x) == d.count("test") == 6 and list(y) == list(d.labels_of("test"))
+    assert len(x) == d.count("test") == 6 and sorted(y) == [0, 0, 1, 1, 2, 2]
     raw = np.stack([xi for xi, _ in src.make().as_numpy_iterator()])
     assert any(np.array_equal(raw[0], v) for v in by_path.values())
     np.testing.assert_allclose(x, raw / 255.0, atol=1e-6)    # fixed 1/255 scale
@@ -89,7 +89,7 @@ def test_user_tf_data_batched_and_unbatched(mnist_tiny):
     assert d.steps("val", 100) == -(-len(val[0]) // 100)
     xs, ys = d.sample("val", 5)
     np.testing.assert_array_equal(xs, val[0][:5])
-    np.testing.assert_array_equal(d.labels_of("test"), val[1])    # test defaults to val
+    np.testing.assert_array_equal(d.sample("test", 10**6)[1], val[1])    # test defaults to val
     with pytest.raises(DataError, match=r"shape \(None, 14, 14, 1\)"):
         from_tf_data(batched.map(lambda a, b: (a[:, ::2, ::2], b)), unbatched,
                      input_shape=(28, 28, 1), labels=list("0123456789"),
