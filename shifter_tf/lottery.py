@@ -233,8 +233,8 @@ def level_recipe(cfg: Config, level: int):
 
 def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 prev_model: Optional[keras.Model], prev_masks: Optional[M.Masks],
-                strategy: tf.distribute.Strategy, user_callbacks: Sequence = ()) -> tuple[keras.Model, M.Masks, LevelResult,
-                                                           Optional[dict]]:
+                strategy: tf.distribute.Strategy, user_callbacks: Sequence = ()
+                ) -> tuple[keras.Model, M.Masks, LevelResult, Optional[dict]]:
     """Train one IMP level; returns the stripped model, its masks, metrics and θ_k (level 0)."""
     keras.utils.set_random_seed(cfg.seed + level)
     recipe = level_recipe(cfg, level)
