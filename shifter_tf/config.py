@@ -101,6 +101,9 @@ class SurgeryConfig:
     # (not lossless, so reported apart from the pruned variants).
     finetune_epochs: int = 0
     finetune_lr: Optional[float] = None   # default: the recipe's final learning rate
+    # true: `prune` also writes each pruned model as a Keras 3 file,
+    # pruned/level_XX/model_keras3.keras (export keeps reading the tf_keras model.keras).
+    keras3: bool = False
 
 
 @dataclass

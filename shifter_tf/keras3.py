@@ -387,8 +387,11 @@ def _first_mismatch(src, dst, x, atol: float, trace: list, to_tf: bool) -> Optio
         return None
     src_lib, dst_lib = (_k3(), tf_keras) if to_tf else (tf_keras, _k3())
     try:
-        ra = src_lib.Model(src.inputs, [p[0] for p in pairs])(x, training=False)
-        rb = dst_lib.Model(dst.inputs, [p[1] for p in pairs])(x, training=False)
+        one = len(src.inputs) == 1
+        ra = src_lib.Model(src.inputs[0] if one else src.inputs,
+                           [p[0] for p in pairs])(x, training=False)
+        rb = dst_lib.Model(dst.inputs[0] if one else dst.inputs,
+                           [p[1] for p in pairs])(x, training=False)
     except Exception:  # noqa: BLE001 - locating is best effort; the caller still raises
         return None
     for (_, _, name), p, q in zip(pairs, ra, rb):

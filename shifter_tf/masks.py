@@ -34,11 +34,16 @@ def classifier_name(model: keras.Model) -> Optional[str]:
 
 def prunable_layers(model: keras.Model, exclude_classifier: bool = False,
                     exclude: Iterable[str] = ()) -> list[str]:
-    """Names of Conv2D / DepthwiseConv2D / Dense layers to prune, in graph order."""
+    """Names of Conv2D / Dense layers to prune, in graph order.
+
+    DepthwiseConv2D stays dense: tfmot 0.8 registers it with no prunable weights, so its
+    wrapper would hold no mask (and assigning one failed with an IndexError).
+    """
     excluded = set(exclude)
     if exclude_classifier:
         excluded.add(classifier_name(model))
-    names = [l.name for l in iter_layers(model) if isinstance(l, PRUNABLE)]
+    names = [l.name for l in iter_layers(model) if isinstance(l, PRUNABLE)
+             and not isinstance(l, keras.layers.DepthwiseConv2D)]
     unknown = excluded - set(names) - {None}
     if unknown:
         raise ValueError(f"lottery.exclude_layers: no prunable layer named {sorted(unknown)}; "

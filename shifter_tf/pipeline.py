@@ -1,7 +1,7 @@
 """The phases over a run folder: train (lottery) -> prune (surgery) -> export (portfolio).
 
     RUN/levels/level_XX/   sparse models (phase 1)
-    RUN/pruned/level_XX/   model.keras + report.json (phase 2)
+    RUN/pruned/level_XX/   model.keras + report.json (phase 2) [+ model_keras3.keras]
     RUN/portfolio/         manifest.json + variants/*.tflite (phase 3)
 """
 from __future__ import annotations
@@ -37,6 +37,9 @@ def run_config(run: Path, overrides: Optional[dict] = None) -> Config:
     return cfg
 
 
+KERAS3_FILE = "model_keras3.keras"   # pruned/level_XX/, written when surgery.keras3 is true
+
+
 def pruned_dir(run: Path, level: int) -> Path:
     return Path(run) / "pruned" / f"level_{level:02d}"
 
@@ -64,6 +67,9 @@ def prune_run(run: Path, force: Optional[bool] = None, data: Optional[Dataset] =
 
         def fill(tmp: Path, pruned=pruned, rep=rep):
             pruned.save(tmp / "model.keras")
+            if cfg.surgery.keras3:   # for Keras 3 users; checked equal to the tf_keras model
+                from shifter_tf.keras3 import save_keras3
+                save_keras3(pruned, tmp / KERAS3_FILE, sample[:64])
             (tmp / "report.json").write_text(json.dumps(rep, indent=2, default=str))
         atomic_dir(pruned_dir(run, level), fill)
         ver = rep.get("verification") or {}

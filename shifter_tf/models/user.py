@@ -55,11 +55,6 @@ def _saved_config(path: Path) -> dict:
     try:
         if path.suffix == ".keras":
             with zipfile.ZipFile(path) as z:
-                meta = json.loads(z.read("metadata.json")) if "metadata.json" in z.namelist() \
-                    else {}
-                if str(meta.get("keras_version", "")).startswith("3."):
-                    raise ModelError(f"{path}: saved by Keras 3, which tf_keras cannot read; save "
-                                     "it with tf_keras (TF_USE_LEGACY_KERAS=1) or rebuild it")
                 return json.loads(z.read("config.json"))
         import h5py
         with h5py.File(path, "r") as f:
@@ -75,9 +70,10 @@ def _saved_config(path: Path) -> dict:
                          f"corrupt: {first})") from None
 
 
-def _check_classes(path: Path, config: dict, unsafe: bool) -> None:
+def _check_classes(path: Path, config: dict, unsafe: bool, keras3: bool = False) -> None:
     """Refuse, before Keras sees the file, what it would fail on or run: a subclassed model, a
-    class not registered (Keras would import the module the file names), a Lambda in safe mode."""
+    class not registered (Keras would import the module the file names), a Lambda in safe mode.
+    In a Keras 3 file (`keras3`) every custom class is refused: it cannot become tf_keras."""
     top = config.get("class_name")
     if top not in MODEL_CLASSES:
         raise ModelError(f"{path}: {top!r} is a subclassed model; shifter-tf prunes functional or "
@@ -98,6 +94,10 @@ def _check_classes(path: Path, config: dict, unsafe: bool) -> None:
             custom = (module is not None and not str(module).split(".")[0] in BUILTIN_MODULES
                       or module is None and "inbound_nodes" in node
                       and not hasattr(keras.layers, cls) and cls not in MODEL_CLASSES)
+            if custom and keras3:
+                raise ModelError(f"{path}: layer {layer!r} has class {cls!r}, a custom Keras 3 "
+                                 "class, which cannot be converted to tf_keras (only built-in "
+                                 "layers are); rebuild the model from built-in layers")
             if custom and cls not in known and node.get("registered_name") not in known:
                 raise ModelError(f"{path}: layer {layer!r} has class {cls!r} (a custom class) "
                                  "that is not known here; name it in model.custom_objects, e.g. "
@@ -134,6 +134,8 @@ def _load_error(path: Path, e: Exception, unsafe: bool) -> ModelError:
 def load_user_model(path: str | Path, unsafe: bool = False,
                     custom_objects: Iterable[str] = ()) -> keras.Model:
     """Load a user's `.keras` / `.h5` model; Lambda layers are refused unless `unsafe=True`.
+    A file saved by Keras 3 is loaded with Keras 3 and converted to tf_keras
+    (`shifter_tf.keras3.load_any`; outputs checked equal).
 
     Keras' safe mode refuses to deserialise Lambda bytecode in `.keras` files; `.h5` files have no
     safe mode, so we inspect the layers ourselves and refuse there too. `custom_objects` are
@@ -147,7 +149,11 @@ def load_user_model(path: str | Path, unsafe: bool = False,
     import_custom_objects(custom_objects, unsafe)
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: not a readable Keras model file (empty)")
-    _check_classes(path, _saved_config(path), unsafe)
+    from shifter_tf import keras3
+    k3 = keras3.is_keras3_file(path)
+    _check_classes(path, _saved_config(path), unsafe, keras3=k3)
+    if k3:
+        return keras3.load_any(path, unsafe=unsafe)
     try:
         if path.suffix == ".keras":
             model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)

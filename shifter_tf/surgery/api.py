@@ -5,6 +5,7 @@ import contextlib
 import gc
 import time
 
+import numpy as np
 
 import shifter_tf  # noqa: F401
 import tf_keras as keras
@@ -91,7 +92,8 @@ def prune_structured(model, sample=None, *, inexact: str = "keep", min_agreement
     """Turn zeros into a smaller network: returns (pruned_model, SurgeryReport).
 
     model: tf_keras Sequential/functional model (nested ones are inlined) with zeroed kernels,
-      e.g. from `tfmot.sparsity.keras.strip_pruning` (wrappers are stripped if still present).
+      e.g. from `tfmot.sparsity.keras.strip_pruning` (wrappers are stripped if still present);
+      or a Keras 3 one, which is converted in and the pruned model converted back to Keras 3.
     sample: optional input batch; if given, the pruned model is compared with `model` and a
       SurgeryError is raised when top-1 agreement < `min_agreement`, unless `force=True`.
     inexact: what to do with a removable channel whose constant value is not zero and whose
@@ -99,6 +101,15 @@ def prune_structured(model, sample=None, *, inexact: str = "keep", min_agreement
       absorb it exactly): "keep" (default) keeps the channel and the model stays exact;
       "fold" removes it, folds the interior value into the bias and reports the layer inexact.
     """
+    from shifter_tf import keras3
+    if keras3.is_keras3(model):
+        # Keras 3 in, Keras 3 out: the rewrite itself runs on a checked tf_keras copy.
+        check = sample[:batch_size] if isinstance(sample, np.ndarray) else None
+        new, report = prune_structured(
+            keras3.to_tf_keras(model, check), sample, inexact=inexact,
+            min_agreement=min_agreement, force=force, fold_bn=fold_bn, batch_size=batch_size)
+        report.notes.append("Keras 3 model: converted to tf_keras for the rewrite and back")
+        return keras3.to_keras3(new, check), report
     start, cpu_start = time.perf_counter(), time.process_time()
     notes: list = []
     model = _strip_tfmot(model, notes)
