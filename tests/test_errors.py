@@ -159,6 +159,12 @@ def bad_models(tmp_path_factory):
     model(lambda x: keras.layers.Dense(10)(x)).save(d / "plain.h5")
     h5 = (d / "plain.h5").read_bytes()
     (d / "truncated.h5").write_bytes(h5[: len(h5) // 2])
+    import keras as keras3   # Keras 3: a layer tf_keras has no equivalent for, a wrong input
+    i = keras3.Input((28, 28, 1))
+    x = keras3.layers.Activation("hard_silu", name="hswish")(keras3.layers.Flatten()(i))
+    keras3.Model(i, keras3.layers.Dense(10)(x)).save(d / "k3_hswish.keras")
+    i = keras3.Input((32, 32, 3), name="image")
+    keras3.Model(i, keras3.layers.Dense(10)(keras3.layers.Flatten()(i))).save(d / "k3_rgb.h5")
     return d
 
 
@@ -183,6 +189,10 @@ MODEL_CASES = {   # id: (--set values, substrings the one line must hold)
                                      ["no_such_pkg.layers:Scale", "cannot import"]),
     "input_shape_mismatch": (["model.path={d}/rgb32.keras"],
                              ["rgb32.keras", "(32, 32, 3)", "(28, 28, 1)"]),
+    "keras3_unconvertible": (["model.path={d}/k3_hswish.keras"],
+                             ["k3_hswish.keras", "'hswish'", "hard_silu"]),
+    "keras3_input_shape_mismatch": (["model.path={d}/k3_rgb.h5"],
+                                    ["k3_rgb.h5", "(32, 32, 3)", "(28, 28, 1)"]),
     "outputs_not_num_classes": (["model.path={d}/five.keras"],
                                 ["five.keras", "'head'", "(?, 5)", "10 classes"]),
 }

@@ -92,7 +92,7 @@ def is_keras3_file(path: str | Path) -> bool:
             return True
         text = config.decode() if isinstance(config, bytes) else str(config or "")
         return '"batch_shape"' in text and '"batch_input_shape"' not in text
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return False
 
 

@@ -150,8 +150,9 @@ def load_user_model(path: str | Path, unsafe: bool = False,
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: not a readable Keras model file (empty)")
     from shifter_tf import keras3
+    config = _saved_config(path)   # a corrupt file fails here, with its own line
     k3 = keras3.is_keras3_file(path)
-    _check_classes(path, _saved_config(path), unsafe, keras3=k3)
+    _check_classes(path, config, unsafe, keras3=k3)
     if k3:
         return keras3.load_any(path, unsafe=unsafe)
     try:
