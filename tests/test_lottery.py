@@ -170,3 +170,23 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     # one epoch on ~1,000 images: the BN moving statistics are not settled yet, so judge the
     # replicas' training accuracy rather than held-out accuracy
     assert density == pytest.approx(0.5, abs=2e-3) and acc > 0.3   # chance is 0.1
+
+
+def test_depthwise_convs_stay_dense_and_wrapping_works():
+    """tfmot 0.8 gives a DepthwiseConv2D wrapper no prunable weight (no mask to assign): such
+    layers are left out of the prunable set, and the others wrap and take masks."""
+    import tf_keras as keras
+    from shifter_tf import wrappers as W
+
+    i = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(i)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    model = keras.Model(i, keras.layers.Dense(2, name="fc")(keras.layers.Flatten()(x)))
+    names = M.prunable_layers(model)
+    assert names == ["conv", "fc"]
+    wrapped = W.wrap(model, {n: W.FixedMask(0.5) for n in names})
+    masks = {n: np.random.default_rng(0).random(k.shape) < 0.5
+             for n, k in M.kernels(model, names).items()}
+    W.assign_masks(wrapped, masks)
+    for n, w in W.wrappers(wrapped).items():
+        assert (w.pruning_vars[0][1].numpy().astype(bool) == masks[n]).all()
