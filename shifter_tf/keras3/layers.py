@@ -16,7 +16,6 @@ import tf_keras
 from shifter_tf.models.user import ModelError
 
 
-
 class ConversionError(ModelError):
     """A model that cannot be converted between Keras 3 and tf_keras; names the layer and why."""
 
@@ -98,10 +97,12 @@ def _translate(src_cls, dst_cls, config: dict, where: str, renames: dict) -> dic
 
 def _neutral(key: str, value, src_params: dict) -> bool:
     """Whether dropping option `key` leaves the layer's outputs as they are: it holds its
-    default (or None/False, i.e. off), it is a data format both libraries default to, or it is
-    an initializer (the weights are copied, so initializers never run)."""
+    default (or None, or False for a key with no default, i.e. off), it is a data format both
+    libraries default to, or it is an initializer (the weights are copied, so initializers
+    never run)."""
     default = src_params.get(key, inspect.Parameter.empty)
-    return (value is None or value is False or _same(value, default)
+    return (value is None or _same(value, default)
+            or (value is False and default is inspect.Parameter.empty)
             or (key == "data_format" and value == "channels_last")
             or key.endswith("_initializer"))
 
