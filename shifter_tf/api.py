@@ -38,15 +38,23 @@ class Portfolio:
         from shifter_tf.lottery import format_table
         return format_table(self.levels)
 
-    def model(self, level: int, kind: str = "sparse"):
-        """The tf_keras model of `level`: `sparse` (trained) or `pruned` (after `prune`)."""
+    def model(self, level: int, kind: str = "sparse", keras3: bool = False):
+        """The model of `level`: `sparse` (trained) or `pruned` (after `prune`); tf_keras, or
+        Keras 3 with `keras3=True` (converted, outputs checked)."""
         import tf_keras as keras
         from shifter_tf import lottery, pipeline
 
         if kind == "sparse":
-            return lottery.load_level_model(self.run, level)
-        return keras.models.load_model(pipeline.pruned_dir(self.run, level) / "model.keras",
-                                       compile=False, safe_mode=False)
+            model = lottery.load_level_model(self.run, level)
+        elif kind == "pruned":
+            model = keras.models.load_model(pipeline.pruned_dir(self.run, level) / "model.keras",
+                                            compile=False, safe_mode=False)
+        else:
+            raise ValueError(f"kind: 'sparse' or 'pruned', got {kind!r}")
+        if keras3:
+            from shifter_tf.keras3 import to_keras3
+            return to_keras3(model)
+        return model
 
 
 def _config(config, **sections) -> Config:

@@ -48,6 +48,11 @@ def test_numpy_arrays_compiled_model_and_callbacks(tmp_path, mnist_tiny):
     x = val[0][:64]
     np.testing.assert_allclose(pruned.predict(x, verbose=0), pf.model(2).predict(x, verbose=0),
                                atol=1e-4)
+    k3 = pf.model(2, "pruned", keras3=True)
+    from shifter_tf.keras3 import is_keras3
+    assert is_keras3(k3)
+    np.testing.assert_allclose(np.asarray(k3(x[:8])), pruned.predict(x[:8], verbose=0),
+                               atol=1e-5)
     manifest = shifter_tf.export_portfolio(pf, precisions=["fp32", "int8"],
                                            representative_data=train[0][:16], progress=False)
     task = manifest["task"]
