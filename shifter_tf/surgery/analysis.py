@@ -52,6 +52,16 @@ class _Sink:
     bad: np.ndarray            # input positions that must not be read if removed
     inexact: np.ndarray        # bad positions that are constant but not exactly foldable
     blocked: np.ndarray | None = None   # groups it blocked in the last pass
+    read: np.ndarray | None = None      # inputs its kept filters read in the last pass
+    read_for: np.ndarray | None = None  # the removal of its output groups `read` was made for
+
+    def reads(self, removed: np.ndarray) -> np.ndarray:
+        """Input positions read by the filters that stay (kept from the last call when the
+        removal of the output groups is the same)."""
+        out = removed[self.out_groups]
+        if self.read is None or not np.array_equal(out, self.read_for):
+            self.read, self.read_for = self.pattern.inputs_read_by(~out), out
+        return self.read
 
 
 def _sinks(graph: DependencyGraph, readers: dict, const: list, approx: list, policy: str):
@@ -91,14 +101,8 @@ def _blocked(sinks: list, removed: np.ndarray, n_groups: int, rows: str = "all",
         if changed is not None and s.blocked is not None and not changed[s.out_groups].any():
             blocked[s.blocked] = True
             continue
-        read = s.pattern.inputs_read_by(~removed[s.out_groups])
-        if rows == "inexact":
-            read &= s.inexact
-        elif rows == "other":
-            read &= s.bad & ~s.inexact
-        else:
-            read &= s.bad
-        groups = s.in_groups[read]
+        mask = {"inexact": s.inexact, "other": s.bad & ~s.inexact}.get(rows, s.bad)
+        groups = s.in_groups[s.reads(removed) & mask]
         if rows == "all":
             s.blocked = groups
         blocked[groups] = True
@@ -186,7 +190,7 @@ def _analyse(graph: DependencyGraph, weights: dict, policy: str) -> Plan:
         if not gone.any():
             continue
         r = readers[s.call]
-        read = gone & r.pattern.inputs_read_by(~removed[s.out_groups])
+        read = gone & s.reads(removed)
         if not read.any():
             continue
         bias_delta[s.call] = r.fold(np.where(gone, c, 0.0))
@@ -195,7 +199,7 @@ def _analyse(graph: DependencyGraph, weights: dict, policy: str) -> Plan:
         a = approx[t_in] if approx[t_in] is not None else np.zeros(len(c), bool)
         exact = bool(exact_pad and not a[read].any())
         folded[s.call] = (int(read.sum()), exact)
-    inexact_block = _blocked(sinks, removed, graph.n_groups, rows="inexact")
+    inexact_block = _blocked(sinks, removed, graph.n_groups, rows="inexact")  # reads are kept
     other_block = _blocked(sinks, removed, graph.n_groups, rows="other")
     kept_exact = inexact_block & ~other_block & ~frozen & ~removed
     return Plan(removed, keep, const, approx, bias_delta, folded, kept_exact, forced, readers,

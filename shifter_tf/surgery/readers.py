@@ -27,36 +27,41 @@ class ReadPattern:
         self.shape = nz.shape
         self.read_rows = nz.any(1)    # inputs read by some filter: the answer for all filters
         self.reading_cols = nz.any(0)
-        self._nz, self._dense = None, None
-        if np.count_nonzero(nz) < self.SPARSE_BELOW * nz.size:
-            self.rows, self.cols = np.divmod(np.flatnonzero(nz), nz.shape[1])  # 10x np.nonzero
-        else:
-            self._nz = nz   # the float32 matrix is made on first use: most queries select all
+        # Both forms are made on first use: most queries select all filters or all inputs.
+        self._nz, self._dense, self._pairs = nz, None, None
 
-    @property
-    def dense(self) -> np.ndarray | None:
-        if self._dense is None and self._nz is not None:
-            self._dense = self._nz.astype(np.float32)
-        return self._dense
+    def _form(self):
+        """The index pairs (rows, cols) when few pairs are non-zero, else the float matrix."""
+        if self._pairs is None and self._dense is None:
+            nz = self._nz
+            if np.count_nonzero(nz) < self.SPARSE_BELOW * nz.size:
+                self._pairs = np.divmod(np.flatnonzero(nz), nz.shape[1])  # 10x np.nonzero
+            else:
+                self._dense = nz.astype(np.float32)
+        return self._pairs, self._dense
 
     def inputs_read_by(self, outputs: np.ndarray) -> np.ndarray:
         """bool (in,): input channels read by at least one of the selected filters."""
         if outputs.all():
             return self.read_rows.copy()
-        if self._nz is not None:
-            return (self.dense @ outputs.astype(np.float32)) > 0
+        pairs, dense = self._form()
+        if dense is not None:
+            return (dense @ outputs.astype(np.float32)) > 0
+        rows, cols = pairs
         read = np.zeros(self.shape[0], bool)
-        read[self.rows[outputs[self.cols]]] = True
+        read[rows[outputs[cols]]] = True
         return read
 
     def outputs_reading(self, inputs: np.ndarray) -> np.ndarray:
         """bool (out,): filters reading at least one of the selected input channels."""
         if inputs.all():
             return self.reading_cols.copy()
-        if self._nz is not None:
-            return (inputs.astype(np.float32) @ self.dense) > 0
+        pairs, dense = self._form()
+        if dense is not None:
+            return (inputs.astype(np.float32) @ dense) > 0
+        rows, cols = pairs
         hit = np.zeros(self.shape[1], bool)
-        hit[self.cols[inputs[self.rows]]] = True
+        hit[cols[inputs[rows]]] = True
         return hit
 
 
@@ -111,6 +116,13 @@ def _kernel_sum(layer, w: dict) -> np.ndarray:
     return ksum * scale.astype(ksum.dtype) if scale is not None else ksum
 
 
+def nonzero_inputs(kernel: np.ndarray) -> np.ndarray:
+    """bool (in, out): some spatial tap of filter o has a non-zero weight on input i
+    (`!= 0` first: numpy's any() over float32 is slower, most of all over a 1x1 kernel)."""
+    k3 = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])
+    return k3[0] != 0 if len(k3) == 1 else (k3 != 0).any(0)
+
+
 def make_reader(layer, w: dict) -> Reader:
     """Zero pattern and bias of a PRODUCER layer's (possibly BN-folded) weights."""
     t = type(layer)
@@ -121,14 +133,14 @@ def make_reader(layer, w: dict) -> Reader:
         nz = (dwnz[:, :, None] & (pw.reshape(cin, mult, -1) != 0)).any(1)
     else:
         kernel = w["kernel"]
-        nz = block_diagonal(kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).any(0),
-                            getattr(layer, "groups", 1))
+        nz = block_diagonal(nonzero_inputs(kernel), getattr(layer, "groups", 1))
     scale = w.get(OUT_SCALE)
     if scale is not None:
         nz = nz & (scale != 0)
     _, bname = kernel_names(layer)
     out = nz.shape[1]
     bias = w[bname].astype(np.float64) if bname in w else np.zeros(out)
-    return Reader(ReadPattern(nz), bias, ~nz.any(0), layer.activation, w, layer)
+    pattern = ReadPattern(nz)
+    return Reader(pattern, bias, ~pattern.reading_cols, layer.activation, w, layer)
 
 
