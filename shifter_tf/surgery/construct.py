@@ -53,6 +53,9 @@ UNTRACKED_OK = tuple(c for c in (
     L.GlobalAveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
     L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D,
     L.Cropping3D, L.Flatten, L.Reshape) if c is not None)
+#: Built-in classes that never hold sub-layers (their weights are their own two lists).
+PLAIN_LAYERS = frozenset(UNTRACKED_OK + (L.BatchNormalization, L.PReLU, L.Normalization,
+                                         L.Rescaling))
 _OBJECT_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
 
 
@@ -162,17 +165,24 @@ class _Given:
         v = self.value
         if tuple(shape) != v.shape:
             raise SurgeryError(f"internal: weight shape {tuple(shape)} != {v.shape}")
-        if adoptable(v, dtype):  # zero-copy: the variable's own assign is the only copy
+        if not adoptable(v, dtype) and _float32(v, dtype):   # read-only or misaligned
+            copy = aligned_empty(v.shape, v.dtype)   # numpy's copy, cheaper than TensorFlow's
+            np.copyto(copy, v)
+            v = copy
+        if adoptable(v, dtype):  # zero-copy: the variable keeps this buffer
             return tf.experimental.dlpack.from_dlpack(v.__dlpack__())
         return tf.constant(v, dtype=dtype)
+
+
+def _float32(v: np.ndarray, dtype) -> bool:
+    return v.size > 0 and v.dtype == np.float32 and tf.as_dtype(dtype or v.dtype) == tf.float32
 
 
 def adoptable(v: np.ndarray, dtype) -> bool:
     """True when TensorFlow can take `v` through DLPack without a copy. Its check of the
     alignment is fatal (abort, not an exception), so it is checked here first."""
-    return (v.size > 0 and v.ctypes.data % ALIGN == 0 and v.flags.c_contiguous
-            and v.flags.writeable and v.dtype == np.float32
-            and tf.as_dtype(dtype or v.dtype) == tf.float32)
+    return (_float32(v, dtype) and v.ctypes.data % ALIGN == 0 and v.flags.c_contiguous
+            and v.flags.writeable)
 
 
 def build_with_values(layer, inputs, values: dict) -> None:

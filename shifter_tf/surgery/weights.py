@@ -21,7 +21,17 @@ def read_weights(layers) -> dict:
         if id(layer) in out:
             continue
         values = {}
-        for v in layer.weights:
+        for v in _own_weights(layer):
             values[short_name(v)] = np.asarray(v.value() if hasattr(v, "value") else v)
         out[id(layer)] = values
     return out
+
+
+
+def _own_weights(layer) -> list:
+    """layer.weights; for built-in layers without sub-layers their two lists directly
+    (`weights` walks the module tree, which costs more than reading the variables)."""
+    from shifter_tf.surgery.construct import PLAIN_LAYERS
+    if type(layer) in PLAIN_LAYERS:
+        return layer._trainable_weights + layer._non_trainable_weights
+    return layer.weights
