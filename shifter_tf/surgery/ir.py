@@ -63,7 +63,13 @@ class ModelIR:
 
     def calls_of(self, layer) -> list:
         """All calls of one layer object."""
-        return [c for c in self.calls if c.layer is layer]
+        index = self.__dict__.get("_by_layer")
+        if index is None or index[0] != len(self.calls):   # (re)made once the trace is done
+            by_layer: dict = {}
+            for c in self.calls:
+                by_layer.setdefault(id(c.layer), []).append(c)
+            index = self.__dict__["_by_layer"] = (len(self.calls), by_layer)
+        return list(index[1].get(id(layer), ()))
 
 
 def is_graph_model(layer) -> bool:

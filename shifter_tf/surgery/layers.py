@@ -269,23 +269,21 @@ def bn_affine(layer, weights: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def padding_exact(layer, in_shape: tuple, out_shape: tuple) -> bool:
-    """True when a conv never reads padding, so a constant input channel is folded exactly."""
+    """True when a conv never reads padding, so a constant input channel is folded exactly.
+    (Plain Python on a few ints: this runs several times per conv and rewrite.)"""
     if type(layer) is L.Dense:
         return True
     padding = getattr(layer, "padding", "valid")
     if padding == "valid":
         return True
-    ks = np.array(layer.kernel_size)
-    dil = np.array(layer.dilation_rate)
-    strides = np.array(layer.strides)
-    eff = (ks - 1) * dil + 1
-    if np.all(eff == 1):
+    eff = [(k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.dilation_rate)]
+    if all(e == 1 for e in eff):
         return True
     spatial_in = in_shape[1:-1]
     spatial_out = out_shape[1:-1]
-    if any(d is None for d in spatial_in + spatial_out):
+    if any(d is None for d in tuple(spatial_in) + tuple(spatial_out)):
         return False
-    pad = (np.array(spatial_out) - 1) * strides + eff - np.array(spatial_in)
     if padding == "causal":
-        return bool(np.all(eff == 1))
-    return bool(np.all(pad <= 0))
+        return False
+    return all((o - 1) * st + e - i <= 0
+               for o, st, e, i in zip(spatial_out, layer.strides, eff, spatial_in))

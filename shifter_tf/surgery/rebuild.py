@@ -144,9 +144,6 @@ def _clone_frozen(call, args, kwargs):
         return call.layer, call.layer(*args, **kwargs)
 
 
-SLICE_FIRST = True
-
-
 def _slice_all(ir: ModelIR, kinds: list, keep: list, bias_delta: dict, weights: dict) -> dict:
     """{call index: sliced_weights} of every layer with weights, made before any layer is
     built: copying tens of MB evicts the CPU caches, and Keras' many small objects are built
@@ -171,7 +168,7 @@ def rebuild(ir: ModelIR, kinds: list, keep: list, bias_delta: dict, weights: dic
     new_layers: dict = {}
     times: dict = {}
     inputs = []
-    sliced = _slice_all(ir, kinds, keep, bias_delta, weights) if SLICE_FIRST else {}
+    sliced = _slice_all(ir, kinds, keep, bias_delta, weights)
     for call in ir.calls:
         start = time.perf_counter()
         kind = kinds[call.index].kind

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+import shifter_tf  # noqa: F401  (before TensorFlow)
+from tensorflow.python.ops.gen_resource_variable_ops import read_variable_op
+from tensorflow.python.ops.resource_variable_ops import ResourceVariable
+
 
 def short_name(variable) -> str:
     """'block1/conv/kernel:0' -> 'kernel'."""
@@ -22,7 +26,11 @@ def read_weights(layers) -> dict:
             continue
         values = {}
         for v in _own_weights(layer):
-            values[short_name(v)] = np.asarray(v.value() if hasattr(v, "value") else v)
+            if type(v) is ResourceVariable:   # a plain variable: read without tape/strategy hooks
+                t = read_variable_op(v.handle, v.dtype)
+            else:
+                t = v.value() if hasattr(v, "value") else v
+            values[short_name(v)] = np.asarray(t)
         out[id(layer)] = values
     return out
 
