@@ -8,6 +8,8 @@ import shifter_tf  # noqa: F401  (before TensorFlow)
 from tensorflow.python.ops.gen_resource_variable_ops import read_variable_op
 from tensorflow.python.ops.resource_variable_ops import ResourceVariable
 
+from shifter_tf.surgery.construct import PLAIN_LAYERS
+
 
 def short_name(variable) -> str:
     """'block1/conv/kernel:0' -> 'kernel'."""
@@ -39,7 +41,6 @@ def read_weights(layers) -> dict:
 def _own_weights(layer) -> list:
     """layer.weights; for built-in layers without sub-layers their two lists directly
     (`weights` walks the module tree, which costs more than reading the variables)."""
-    from shifter_tf.surgery.construct import PLAIN_LAYERS
     if type(layer) in PLAIN_LAYERS:
         return layer._trainable_weights + layer._non_trainable_weights
     return layer.weights
