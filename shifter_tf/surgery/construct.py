@@ -206,10 +206,11 @@ def build_with_values(layer, inputs, values: dict) -> None:
         raise SurgeryError(f"internal: weights {sorted(pending)} of {layer.name} not created")
 
 
-def call_symbolic(layer, args, kwargs):
-    """Connect `layer` in the new graph using its compute_output_shape instead of tracing."""
+def call_symbolic(layer, args, kwargs, output: tf.TensorSpec | None = None):
+    """Connect `layer` in the new graph using its compute_output_shape instead of tracing;
+    `output`: the spec of its single output when the caller knows it already."""
     if len(args) == 1 and not kwargs:
-        out = _connect(layer, args[0])
+        out = _connect(layer, args[0], output)
         if out is not None:
             return out
     plain = object.__setattr__   # a plain flag: Keras' tracking __setattr__ costs more here
@@ -223,23 +224,28 @@ def call_symbolic(layer, args, kwargs):
         plain(layer, "_dynamic", False)
 
 
-def _connect(layer, inputs):
+def _connect(layer, inputs, output: tf.TensorSpec | None = None):
     """What `layer(inputs)` does with `dynamic=True` on KerasTensors (the output signature from
-    compute_output_shape, one Node), for a call Keras would pass no training or mask argument
-    to; None when that is not such a call or the layer cannot compute its output shape."""
+    compute_output_shape, or `output` when given; one Node), for a call Keras would pass no
+    training or mask argument to; None when that is not such a call or the layer cannot
+    compute its output shape."""
     flat = tf.nest.flatten(inputs)
     if (layer._expects_training_arg or layer._expects_mask_arg or not flat
             or not all(isinstance(x, _keras_tensor.KerasTensor) for x in flat)
             or any(getattr(x, "_keras_mask", None) is not None for x in flat)):
         return None
     layer._called = True
-    spec = tf.nest.map_structure(lambda x: tf.TensorSpec(shape=x.shape, dtype=x.dtype), inputs)
-    with _base_layer_utils.call_context().enter(layer=layer, inputs=inputs, build_graph=True,
-                                                 call_context_args={}):
-        try:
-            signature = layer.compute_output_signature(spec)
-        except Exception:
-            return None
-    outputs = tf.nest.map_structure(_keras_tensor.KerasTensor, signature)
+    if output is not None:
+        outputs = _keras_tensor.KerasTensor(output)
+    else:
+        spec = tf.nest.map_structure(lambda x: tf.TensorSpec(shape=x.shape, dtype=x.dtype),
+                                     inputs)
+        with _base_layer_utils.call_context().enter(layer=layer, inputs=inputs,
+                                                     build_graph=True, call_context_args={}):
+            try:
+                signature = layer.compute_output_signature(spec)
+            except Exception:
+                return None
+        outputs = tf.nest.map_structure(_keras_tensor.KerasTensor, signature)
     _node.Node(layer, call_args=(inputs,), call_kwargs={}, outputs=outputs)
     return outputs

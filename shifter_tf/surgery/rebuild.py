@@ -158,6 +158,19 @@ def _slice_all(ir: ModelIR, kinds: list, keep: list, bias_delta: dict, weights: 
     return out
 
 
+def _known_output(call, ir: ModelIR, keep: list, layer) -> tf.TensorSpec | None:
+    """The output of a built-in layer with one output: the traced shape with the kept
+    channels and the traced dtype (the layer has the same config and dtype policy, so it
+    would compute the same), instead of asking compute_output_shape again."""
+    if len(call.outputs) != 1 or type(layer) not in C.PLAIN_LAYERS:
+        return None
+    t = ir.tensors[call.outputs[0]]
+    shape = list(t.shape)
+    if keep[t.index] is not None:
+        shape[-1] = int(keep[t.index].sum())
+    return tf.TensorSpec(shape, t.dtype)
+
+
 def rebuild(ir: ModelIR, kinds: list, keep: list, bias_delta: dict, weights: dict,
             name: str | None = None):
     """(new model, {layer name: build ms}, {id(original layer): new layer}).
@@ -200,7 +213,7 @@ def rebuild(ir: ModelIR, kinds: list, keep: list, bias_delta: dict, weights: dic
                     args, kwargs, ir.tensors[call.outputs[0]].channels, keep[call.outputs[0]])
                 out = layer(*args, **kwargs)
             else:
-                out = C.call_symbolic(layer, args, kwargs)
+                out = C.call_symbolic(layer, args, kwargs, _known_output(call, ir, keep, layer))
         for t, kt in zip(call.outputs, tf.nest.flatten(out)):
             expect = list(ir.tensors[t].shape)
             if keep[t] is not None:
