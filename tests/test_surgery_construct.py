@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import shifter_tf  # noqa: F401
+import tensorflow as tf
 import tf_keras as keras
 
 from shifter_tf.surgery import construct as C
@@ -53,6 +54,14 @@ def test_connect_makes_the_node_a_keras_call_makes():
         h = out_fast._keras_history
         assert (h.layer, h.node_index, h.tensor_index) == (fast, 0, 0)
         assert fast._called and fast.built == slow.built
+        known = make()   # the output spec given (what rebuild knows from the trace)
+        if known.weights or isinstance(known, L.Conv2D):
+            known.build(a.shape)
+        out_known = C._connect(known, args[0], tf.TensorSpec(out_slow.shape, out_slow.dtype))
+        assert out_known.type_spec == out_slow.type_spec
+        nk = known._inbound_nodes[-1]
+        assert nk.flat_input_ids == ns.flat_input_ids and nk.call_kwargs == ns.call_kwargs
+        assert out_known._keras_history.layer is known
 
 
 @pytest.mark.parametrize("keep", ["few_gaps", "scattered", "prefix"])

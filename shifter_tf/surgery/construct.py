@@ -17,7 +17,8 @@ tracing each layer's call. Here:
   (the swap is cached per class): the instance gets the same `_auto_get_config`/`_auto_config`.
 - layers are connected through `compute_output_shape` (no scratch-graph trace), and for a
   plain call (one positional input, no training/mask argument, no masks) by the steps
-  Keras' functional `__call__` takes on that path, without its general argument handling.
+  Keras' functional `__call__` takes on that path, without its general argument handling;
+  rebuild passes the output spec it already knows from the trace (`call_symbolic(output=)`).
 """
 from __future__ import annotations
 
