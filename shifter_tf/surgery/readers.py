@@ -135,7 +135,7 @@ def make_reader(layer, w: dict) -> Reader:
         kernel = w["kernel"]
         nz = block_diagonal(nonzero_inputs(kernel), getattr(layer, "groups", 1))
     scale = w.get(OUT_SCALE)
-    if scale is not None:
+    if scale is not None and not scale.all():   # a BN with gamma 0 zeroes its filter
         nz = nz & (scale != 0)
     _, bname = kernel_names(layer)
     out = nz.shape[1]
