@@ -1,6 +1,7 @@
 """`shifter-tf`: the host-side command line. Each subcommand is one phase of the pipeline.
 
     shifter-tf train  --config C --out RUN [--resume]   phase 1: IMP portfolio training
+                      [--workers N]                     ... as N multi-worker processes here
     shifter-tf prune  RUN                               phase 2: structured pruning of each level
     shifter-tf export RUN [--private-key KEY]           phase 3: TFLite portfolio + manifest
     shifter-tf report RUN                               report.md and plots
@@ -24,11 +25,15 @@ import shifter_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 def _config(args):
     """Read and check the config (and TF_CONFIG) before TensorFlow loads: a typo costs < 2 s."""
-    from shifter_tf.config import load_config
+    from shifter_tf.config import ConfigError, load_config
     from shifter_tf.config_rules import check_tf_config, parse_overrides
 
     cfg = load_config(args.config, parse_overrides(args.set))
     if cfg.train.strategy == "multi_worker":
+        if args.command in ("run", "pai"):
+            raise ConfigError(f"train.strategy: multi_worker is for `train` and `tune`; run "
+                              f"`shifter-tf train` on every worker, then `prune` and `export` "
+                              f"on the chief")
         check_tf_config()
     return cfg
 
@@ -169,12 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(fn=fn)
         if name in ("train", "run", "pai", "tune"):
             s.add_argument("--config", required=True, help="YAML experiment config (configs/)")
-            s.add_argument("--out", required=True, help="output folder")
+            s.add_argument("--out", required=True,
+                           help="output folder" + (" (multi_worker: the same on every worker; "
+                                                   "only the chief writes it)"
+                                                   if name in ("train", "tune") else ""))
             s.add_argument("--set", action="append", metavar="KEY=VALUE",
                            help="override a config key, e.g. --set train.epochs=2 (repeatable)")
         if name in ("train", "run"):
             s.add_argument("--resume", action="store_true",
                            help="continue a killed run at its first unfinished level")
+        if name == "train":
+            s.add_argument("--workers", type=int, metavar="N",
+                           help="try multi-worker training on this machine: run N workers on "
+                                "127.0.0.1 (train.strategy multi_worker, TF_CONFIG set for "
+                                "each); all share --out, the chief (worker 0) writes it")
         if name in ("prune", "export", "report"):
             s.add_argument("run", help="run folder written by `shifter-tf train`")
         if name in ("prune", "export"):
@@ -214,11 +227,38 @@ def _user_error(e: BaseException) -> bool:
     return isinstance(e, USER_ERRORS)
 
 
+def _launch(args, argv: list[str]) -> int:
+    """`--workers N`: the same command as N multi-worker processes on this machine."""
+    from shifter_tf.cluster import launch_local
+    from shifter_tf.config import ConfigError
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
+    args.set = [*(args.set or []), "train.strategy=multi_worker"]
+    from shifter_tf.config import load_config
+    from shifter_tf.config_rules import parse_overrides
+    load_config(args.config, parse_overrides(args.set))      # a typo: one line, not N
+    rest, skip = [], False
+    for a in argv:
+        if skip or a == "--workers":
+            skip = not skip
+        elif not a.startswith("--workers="):
+            rest.append(a)
+    return launch_local(rest, args.workers)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "workers", None) is not None:
+            return _launch(args, argv)
         return args.fn(args)
     except Exception as e:
+        from shifter_tf.cluster import abandon, as_cluster_error
+        lost = as_cluster_error(e)
+        if lost is not None:    # os._exit: TF would wait for the dead peer at shutdown
+            abandon(f"shifter-tf {args.command}: error: {lost}", 1)
         if not _user_error(e):
             raise
         print(f"shifter-tf {args.command}: error: {e}", file=sys.stderr)

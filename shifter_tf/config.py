@@ -60,6 +60,7 @@ class TrainConfig:
     gamma: float = 0.1
     label_smoothing: float = 0.0
     strategy: str = "default"        # default | mirrored | multi_worker
+    peer_timeout: float = 300.0      # multi_worker: seconds to wait for a peer (join, collective)
     verbose: int = 1                 # Keras progress: 0 silent, 1 bar, 2 line per epoch
     # A user's own compile() (set by the Python API from a compiled model): optimizer, loss and
     # metrics as plain Keras config, rebuilt fresh for each level instead of the recipe above
@@ -296,6 +297,8 @@ def _validate(cfg: Config, source: str) -> None:
     tr = cfg.train
     if tr.strategy not in ("default", "mirrored", "multi_worker"):
         bad("train.strategy", f"must be default, mirrored or multi_worker, got {tr.strategy!r}")
+    if not tr.peer_timeout > 0:
+        bad("train.peer_timeout", f"must be > 0 seconds, got {tr.peer_timeout}")
     if tr.optimizer not in ("sgd", "adam"):
         bad("train.optimizer", f"must be sgd or adam, got {tr.optimizer!r}")
     if tr.epochs < 1:

@@ -5,7 +5,6 @@ Each failure is a `ConfigError` naming the file (or `--set`, or TF_CONFIG) and t
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Optional
 
@@ -57,22 +56,10 @@ def apply_overrides(values: dict, overrides: dict[str, Any]) -> None:
 
 
 def check_tf_config(environ: Optional[dict] = None) -> None:
-    """Raise ConfigError if TF_CONFIG (the multi-worker cluster) is set but not usable."""
-    text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
-    if not text.strip():
-        return
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _error(f"TF_CONFIG: not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(doc, dict):
-        raise _error(f"TF_CONFIG: expected a JSON object, got {type(doc).__name__}")
-    if not isinstance(doc.get("cluster", {}), dict):
-        raise _error("TF_CONFIG: cluster: expected an object of job name -> list of host:port")
-    task = doc.get("task", {})
-    if not isinstance(task, dict) or (task and not (
-            isinstance(task.get("type"), str) and isinstance(task.get("index"), int))):
-        raise _error(f'TF_CONFIG: task: expected {{"type": "worker", "index": 0}}, got {task!r}')
+    """Raise ConfigError unless TF_CONFIG describes a usable multi-worker cluster for this task
+    (set, valid JSON, chief/worker jobs of host:port, a task inside the cluster)."""
+    from shifter_tf.cluster import parse_tf_config
+    parse_tf_config(environ)
 
 
 def validate_data(d: Any, bad: Bad) -> None:

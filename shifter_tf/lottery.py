@@ -28,6 +28,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tqdm.auto import tqdm
 
+from shifter_tf import cluster as C
 from shifter_tf import masks as M
 from shifter_tf import structure as S
 from shifter_tf import wrappers as W
@@ -329,7 +330,8 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
     `stop_after` ends the run after that level (used to emulate an interruption in tests);
     `callbacks` (tf_keras) are passed to every level's fit.
     """
-    run = Path(run)
+    strategy = T.make_strategy(cfg.train.strategy, cfg.train.peer_timeout)
+    run = C.local_run(run, strategy)      # other workers than the chief: a temporary copy
     done = finished_levels(run)
     if done and not resume:
         raise FileExistsError(f"{run}: holds finished levels {done}; pass --resume to continue "
@@ -341,7 +343,6 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     data = _record_norm(cfg, run, run_data(cfg, run, data))
-    strategy = T.make_strategy(cfg.train.strategy)
     results = load_results(run)
     prev_model = prev_masks = rewind = None
     if done:
@@ -357,6 +358,7 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
     for level in bar:
         model, masks, result, rewind = train_level(cfg, data, level, rewind, prev_model,
                                                    prev_masks, strategy, callbacks)
+        C.check_identical(strategy, f"level {level}", masks=masks, threshold=result.threshold)
         if level == 0:
             save_weights(run / "rewind.npz", rewind)
         _save_level(run, model, masks, result)

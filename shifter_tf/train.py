@@ -24,14 +24,16 @@ class TrainingError(RuntimeError):
     """Training that diverged or cannot run; the message says which run and why."""
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """`default` | `mirrored` (all local devices) | `multi_worker` (TF_CONFIG cluster)."""
+def make_strategy(name: str, peer_timeout: float = 300.0) -> tf.distribute.Strategy:
+    """`default` | `mirrored` (all local devices) | `multi_worker` (TF_CONFIG cluster; one per
+    process, see shifter_tf.cluster)."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        from shifter_tf import cluster
+        return cluster.strategy(peer_timeout)
     raise ValueError(f"train.strategy: unknown strategy {name!r}")
 
 

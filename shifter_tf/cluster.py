@@ -1,0 +1,408 @@
+"""Multi-worker training on TensorFlow's MultiWorkerMirroredStrategy, made safe to operate.
+
+What `train.strategy: multi_worker` needs beyond `tf.distribute` itself, in one place:
+- `parse_tf_config`: TF_CONFIG checked before TensorFlow loads (one line naming what is wrong).
+- `strategy`: the process's one strategy, with the coordination service's register/heartbeat
+  timeouts and the collectives' timeout set to `train.peer_timeout`, a watchdog for the case TF
+  blocks in C++ (the leader waiting for a peer that never starts) and SIGTERM/SIGINT handlers
+  that stop the worker at once even while TensorFlow is stuck.
+- `local_run`: TensorFlow's multi-worker saving pattern: the chief writes the run folder, other
+  workers write to a temporary folder they delete. On `--resume` the chief broadcasts the run's
+  state (config, rewind point, finished levels) through the strategy, so no worker but the chief
+  needs to see the run folder (it may live on the chief's disk only).
+- `check_identical`: every worker must hold the same masks; a digest is all-gathered and
+  compared, and a difference is an error naming the worker.
+- `launch_local`: N workers of one command on 127.0.0.1 (`shifter-tf train --workers N`).
+
+Nothing here imports TensorFlow at module level: the CLI checks TF_CONFIG before it loads.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+           '"task": {"type": "worker", "index": 0}}')
+CLUSTER_ERRORS = ("UnavailableError", "DeadlineExceededError", "CancelledError", "AbortedError",
+                  "InternalError", "UnknownError", "FailedPreconditionError")
+
+
+class ClusterError(RuntimeError):
+    """A peer that never joined, died or differs; the message says which and what to do."""
+
+
+@dataclass
+class Cluster:
+    """The TF_CONFIG cluster as this process sees it."""
+    jobs: dict[str, list[str]]       # "chief" (0 or 1 address) and "worker" -> host:port
+    task_type: str
+    index: int
+
+    @property
+    def tasks(self) -> list[tuple[str, int, str]]:
+        """(type, index, address) of every task, chief first: TF's worker order."""
+        return [(j, i, a) for j in ("chief", "worker") for i, a in enumerate(self.jobs.get(j, []))]
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def is_chief(self) -> bool:
+        """TF's rule: the `chief` task, else worker 0."""
+        return (self.task_type == "chief" or
+                (self.task_type == "worker" and self.index == 0 and "chief" not in self.jobs))
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_type} {self.index}"
+
+    @property
+    def leader(self) -> str:
+        return "/job:chief/replica:0/task:0" if "chief" in self.jobs else \
+            "/job:worker/replica:0/task:0"
+
+
+def _bad(msg: str) -> Exception:
+    from shifter_tf.config import ConfigError
+    return ConfigError(f"TF_CONFIG: {msg}")
+
+
+def parse_tf_config(environ: Optional[dict] = None, required: bool = True) -> Optional[Cluster]:
+    """The cluster from TF_CONFIG; ConfigError naming the key at fault. None if unset and not
+    `required`."""
+    text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    if not text.strip():
+        if not required:
+            return None
+        raise _bad(f"not set; train.strategy multi_worker needs the cluster on every worker, e.g. "
+                   f"TF_CONFIG='{EXAMPLE}' (or `--workers N` to try it on this machine)")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _bad(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(doc, dict):
+        raise _bad(f"expected a JSON object, got {type(doc).__name__}")
+    cluster = doc.get("cluster")
+    if not isinstance(cluster, dict) or not cluster:
+        raise _bad(f"cluster: expected an object of job name -> list of host:port, got "
+                   f"{cluster!r}; e.g. {EXAMPLE}")
+    seen: dict[str, str] = {}
+    for job, addrs in cluster.items():
+        if job not in ("chief", "worker"):
+            raise _bad(f"cluster.{job}: unsupported job (MultiWorkerMirroredStrategy takes "
+                       "chief and worker)")
+        if not isinstance(addrs, list) or not addrs:
+            raise _bad(f"cluster.{job}: expected a non-empty list of host:port, got {addrs!r}")
+        if job == "chief" and len(addrs) != 1:
+            raise _bad(f"cluster.chief: expected one address, got {len(addrs)}")
+        for i, a in enumerate(addrs):
+            host, _, port = a.rpartition(":") if isinstance(a, str) else ("", "", "")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise _bad(f"cluster.{job}[{i}]: expected host:port, got {a!r}")
+            if a in seen:
+                raise _bad(f"cluster.{job}[{i}]: {a} is also {seen[a]}")
+            seen[a] = f"cluster.{job}[{i}]"
+    task = doc.get("task")
+    if not isinstance(task, dict) or not isinstance(task.get("type"), str) or \
+            type(task.get("index")) is not int:
+        raise _bad(f'task: expected {{"type": "worker", "index": 0}}, got {task!r}')
+    kind, index = task["type"], task["index"]
+    if kind not in cluster:
+        raise _bad(f"task.type: {kind!r} is not a job of the cluster ({', '.join(cluster)})")
+    if not 0 <= index < len(cluster[kind]):
+        raise _bad(f"task.index: {index} is outside cluster.{kind} "
+                   f"(indices 0..{len(cluster[kind]) - 1})")
+    return Cluster({j: list(cluster[j]) for j in cluster}, kind, index)
+
+
+# ---------------------------------------------------------------- stopping promptly
+_STATE: dict[str, Any] = {"cluster": None, "strategy": None, "tmp": [], "signals": False}
+
+
+def _cleanup() -> None:
+    for d in _STATE["tmp"]:
+        shutil.rmtree(d, ignore_errors=True)
+    _STATE["tmp"] = []
+
+
+def abandon(message: str, code: int = 1) -> None:
+    """Print one line, delete this worker's temporary folder and exit now. TensorFlow may be
+    blocked in C++ (a collective, the coordination service's shutdown barrier waiting for a dead
+    peer), so a normal exit could hang; os._exit does not."""
+    print(message, file=sys.stderr, flush=True)
+    _cleanup()
+    os._exit(code)
+
+
+def _who() -> str:
+    c = _STATE["cluster"]
+    return f"shifter-tf ({c.name} of {c.num_workers})" if c else "shifter-tf"
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGINT stop this worker at once with one line, even while the main thread waits
+    inside TensorFlow: the C-level handler writes to a pipe that a thread watches."""
+    if _STATE["signals"] or threading.current_thread() is not threading.main_thread():
+        return
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)     # a Python handler so the wakeup fd is written
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+    def watch():
+        while True:
+            b = os.read(r, 1)
+            if b and b[0] in (signal.SIGTERM, signal.SIGINT):
+                name = signal.Signals(b[0]).name
+                abandon(f"{_who()}: stopped by {name}; finished levels are kept "
+                        "(restart every worker with --resume)", 128 + b[0])
+    threading.Thread(target=watch, daemon=True, name="shifter-tf-signals").start()
+    _STATE["signals"] = True
+
+
+def _unreachable(c: Cluster) -> list[str]:
+    """Peers whose address accepts no TCP connection right now."""
+    out = []
+    for kind, i, addr in c.tasks:
+        if (kind, i) == (c.task_type, c.index):
+            continue
+        host, _, port = addr.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+        except OSError:
+            out.append(f"{kind} {i} at {addr}")
+    return out
+
+
+class Watchdog:
+    """Abandon the process if the guarded block has not finished within `seconds`."""
+
+    def __init__(self, seconds: float, what: str):
+        self.seconds, self.what = seconds, what
+        self.done = threading.Event()
+
+    def __enter__(self):
+        def wait():
+            if not self.done.wait(self.seconds):
+                c = _STATE["cluster"]
+                gone = _unreachable(c) if c else []
+                who = f"no answer from {', '.join(gone)}" if gone else "a peer is not answering"
+                abandon(f"{_who()}: error: {self.what} within {self.seconds:.0f} s "
+                        f"(train.peer_timeout): {who}; start every worker with the same "
+                        "TF_CONFIG cluster", 1)
+        threading.Thread(target=wait, daemon=True, name="shifter-tf-watchdog").start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+
+
+def as_cluster_error(e: BaseException) -> Optional[ClusterError]:
+    """A TensorFlow error that means the cluster broke (peer died, unreachable, timed out),
+    as one line; None for anything else or outside a multi-worker run."""
+    if isinstance(e, ClusterError):
+        return e
+    if _STATE["strategy"] is None or type(e).__name__ not in CLUSTER_ERRORS:
+        return None
+    first = next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)
+    first = first.split("}}")[-1].strip()[:200]
+    return ClusterError(f"{_STATE['cluster'].name}: lost the cluster ({type(e).__name__}: "
+                        f"{first}); a peer died, stopped or timed out after train.peer_timeout; "
+                        "restart every worker with --resume")
+
+
+# ---------------------------------------------------------------- the strategy
+def strategy(peer_timeout: float):
+    """The process's MultiWorkerMirroredStrategy over the TF_CONFIG cluster (created once)."""
+    if _STATE["strategy"] is not None:
+        return _STATE["strategy"]
+    c = parse_tf_config()
+    _STATE["cluster"] = c
+    install_signal_handlers()
+    import tensorflow as tf
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2 as pb
+    from tensorflow.python.eager import context
+
+    ms = int(peer_timeout * 1000)
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=c.leader, cluster_register_timeout_in_ms=ms,
+        heartbeat_timeout_in_ms=ms, shutdown_barrier_timeout_in_ms=ms,
+        coordinated_jobs=[pb.CoordinatedJob(name=j, num_tasks=len(a)) for j, a in c.jobs.items()])
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=peer_timeout)
+    with Watchdog(peer_timeout + 10, "the cluster did not form"):
+        try:
+            s = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+            _allreduce(s, [1])                         # every worker is up
+        except tf.errors.OpError as e:
+            gone = _unreachable(c)
+            raise ClusterError(f"{c.name}: the cluster did not form within {peer_timeout:.0f} s "
+                               f"(train.peer_timeout): "
+                               f"{'no answer from ' + ', '.join(gone) if gone else type(e).__name__}"
+                               "; start every worker with the same TF_CONFIG cluster") from None
+    install_signal_handlers()
+    _STATE["strategy"] = s
+    return s
+
+
+def cluster_of(strategy) -> Optional[Cluster]:
+    """The cluster if `strategy` is this process's multi-worker strategy, else None."""
+    return _STATE["cluster"] if strategy is not None and strategy is _STATE["strategy"] else None
+
+
+def _allreduce(strategy, values) -> "np.ndarray":
+    """Sum int64 values over the workers (each worker's single replica contributes them)."""
+    import numpy as np
+    import tensorflow as tf
+
+    arr = np.asarray(values, np.int64)
+    v = strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(arr))
+    return np.asarray(strategy.reduce("SUM", v, axis=None))
+
+
+def broadcast_bytes(strategy, data: Optional[bytes]) -> bytes:
+    """The chief's `data` on every worker, through the strategy's own all-reduce."""
+    import numpy as np
+
+    c = _STATE["cluster"]
+    mine = data if c.is_chief else b""
+    n = int(_allreduce(strategy, [len(mine or b"")])[0])
+    padded = (mine or b"\0" * n) + b"\0" * (-n % 4)
+    words = np.frombuffer(padded, np.int32).astype(np.int64)
+    if not c.is_chief:
+        words[:] = 0
+    out = _allreduce(strategy, words) if n else np.zeros(0, np.int64)
+    return out.astype(np.int32).tobytes()[:n]
+
+
+# ---------------------------------------------------------------- where each worker writes
+def _pack(run: Path) -> bytes:
+    """The files a resumed run reads: the run's top-level files, every level's metrics and the
+    last finished level whole."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        files = sorted(run.iterdir()) if run.is_dir() else []
+        for f in files:     # config.yaml, rewind.npz, the recorded normalisation, lottery.json
+            if f.is_file() and not f.name.startswith("."):
+                tar.add(f, f.name)
+        levels = sorted(p for p in (run / "levels").glob("level_*")
+                        if (p / "metrics.json").is_file()) if (run / "levels").is_dir() else []
+        for p in levels:
+            tar.add(p / "metrics.json", f"levels/{p.name}/metrics.json")
+        if levels:
+            for f in sorted(levels[-1].iterdir()):
+                if f.is_file() and f.name != "metrics.json":
+                    tar.add(f, f"levels/{levels[-1].name}/{f.name}")
+    return buf.getvalue()
+
+
+def local_run(run: str | Path, strategy) -> Path:
+    """The folder this worker writes its copy of the run to: `run` on the chief (and outside a
+    multi-worker run); on other workers a temporary folder holding the chief's state of the run,
+    deleted at exit."""
+    run = Path(run)
+    c = cluster_of(strategy)
+    if c is None:
+        return run
+    state = broadcast_bytes(strategy, _pack(run) if c.is_chief else None)
+    if c.is_chief:
+        return run
+    tmp = Path(tempfile.mkdtemp(prefix=f"shifter-tf-{c.task_type}{c.index}-"))
+    _STATE["tmp"].append(tmp)
+    if len(_STATE["tmp"]) == 1:
+        atexit.register(_cleanup)
+    with tarfile.open(fileobj=io.BytesIO(state)) as tar:
+        tar.extractall(tmp, filter="data")
+    return tmp
+
+
+def check_identical(strategy, what: str, **values: Any) -> None:
+    """Raise ClusterError unless every worker holds the same `values` (numpy arrays, numbers,
+    dicts of them): a SHA-256 digest of each worker's values is all-gathered and compared."""
+    import numpy as np
+
+    c = cluster_of(strategy)
+    if c is None:
+        return
+    h = hashlib.sha256()
+
+    def feed(v):
+        if isinstance(v, dict):
+            for k in sorted(v):
+                h.update(str(k).encode())
+                feed(v[k])
+        elif v is None or isinstance(v, (str, bool, int, float)):
+            h.update(repr(v).encode())
+        else:
+            a = np.asarray(v)
+            h.update(str((a.dtype.str, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    feed(values)
+    mine = np.frombuffer(h.digest()[:16], np.int32).astype(np.int64)
+    me = [t[:2] for t in c.tasks].index((c.task_type, c.index))
+    slots = np.zeros((c.num_workers, 4), np.int64)
+    slots[me] = mine
+    got = _allreduce(strategy, slots.ravel()).reshape(c.num_workers, 4)
+    differ = [f"{t[0]} {t[1]}" for t, g in zip(c.tasks, got) if not np.array_equal(g, got[0])]
+    if differ:
+        raise ClusterError(f"{what}: {', '.join(differ)} holds different {', '.join(values)} "
+                           f"than {c.tasks[0][0]} {c.tasks[0][1]}; the workers' weights "
+                           "diverged (different TensorFlow versions or CPUs?)")
+
+
+# ---------------------------------------------------------------- trying it on one machine
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports the OS reports free on `host` (bound to port 0 and released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def local_tf_configs(n: int) -> list[str]:
+    """TF_CONFIG for each of `n` workers on 127.0.0.1 (worker 0 is the chief)."""
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
+    return [json.dumps({"cluster": {"worker": addrs}, "task": {"type": "worker", "index": i}})
+            for i in range(n)]
+
+
+def launch_local(argv: list[str], n: int, timeout: Optional[float] = None) -> int:
+    """Run `shifter-tf ARGV` as `n` workers on this machine; returns the first non-zero exit
+    code (0 if all succeed). SIGINT/SIGTERM are passed on to every worker."""
+    envs = [{**os.environ, "TF_CONFIG": cfg} for cfg in local_tf_configs(n)]
+    cmd = [sys.executable, "-m", "shifter_tf.cli", *argv, "--set", "train.strategy=multi_worker"]
+    procs = [subprocess.Popen(cmd, env=env) for env in envs]
+
+    def forward(sig, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(sig)
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [p.wait(timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return next((c for c in codes if c), 0)
