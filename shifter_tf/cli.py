@@ -43,6 +43,9 @@ def _prepare(cfg):
     shapes) before anything is written; returns the data for the phase to reuse."""
     from shifter_tf.data import load_dataset
 
+    if cfg.train.strategy == "multi_worker":   # before anything starts TensorFlow's runtime
+        from shifter_tf.cluster import strategy
+        strategy(cfg.train.peer_timeout)
     data = load_dataset(cfg.data, cfg.seed)
     if cfg.model.path or cfg.model.custom_objects:
         from shifter_tf.models import model_for

@@ -31,6 +31,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -154,26 +155,95 @@ def _who() -> str:
     return f"shifter-tf ({c.name} of {c.num_workers})" if c else "shifter-tf"
 
 
+# A separate process watches this one: TensorFlow holds the GIL while it blocks in C++ (the
+# leader waiting at start-up for a peer that never comes), so neither a Python thread nor a Python
+# signal handler would run. Python's C-level handler still writes each signal to the wakeup fd,
+# which the sentinel reads; commands (JSON lines) arm a deadline or name the temporary folder.
+_SENTINEL = r"""
+import json, os, select, shutil, signal, socket, sys, time
+parent, cmd, sig = (int(a) for a in sys.argv[1:4])
+for s in (signal.SIGTERM, signal.SIGINT):    # a group signal (Ctrl-C, timeout) is the worker's
+    signal.signal(s, signal.SIG_IGN)
+deadline, job, tmp, buf = None, {}, [], b""
+def probe(peers):
+    gone = []
+    for name, addr in peers:
+        host, _, port = addr.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+        except OSError:
+            gone.append(f"{name} at {addr}")
+    return gone
+def stop(line):
+    sys.stderr.write(line + "\n"); sys.stderr.flush()
+    for d in tmp:
+        shutil.rmtree(d, ignore_errors=True)
+    try:
+        os.kill(parent, signal.SIGKILL)
+    finally:
+        os._exit(0)
+while True:
+    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+    ready = select.select([cmd, sig], [], [], wait)[0]
+    if not ready:
+        gone = probe(job.get("peers", []))
+        stop(job["message"].replace("{gone}", "no answer from " + ", ".join(gone) if gone
+                                    else "a peer is not answering"))
+    if sig in ready:
+        for b in os.read(sig, 64):
+            if b in (signal.SIGTERM, signal.SIGINT):
+                stop(job.get("who", "shifter-tf") + f": stopped by {signal.Signals(b).name}; "
+                     "finished levels are kept (restart every worker with --resume)")
+    if cmd in ready:
+        data = os.read(cmd, 65536)
+        if not data:                       # the worker exited (or was killed)
+            for d in tmp:
+                shutil.rmtree(d, ignore_errors=True)
+            os._exit(0)
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            msg = json.loads(line)
+            if "arm" in msg:
+                deadline = time.monotonic() + msg["arm"] if msg["arm"] is not None else None
+            tmp += msg.get("tmp", [])
+            job.update({k: v for k, v in msg.items() if k in ("message", "peers", "who")})
+"""
+
+
+def _tell(**msg: Any) -> None:
+    """Send a command to the sentinel (started by `install_signal_handlers`)."""
+    fd = _STATE.get("sentinel_fd")
+    if fd is not None:
+        os.write(fd, (json.dumps(msg) + "\n").encode())
+
+
 def install_signal_handlers() -> None:
-    """SIGTERM/SIGINT stop this worker at once with one line, even while the main thread waits
-    inside TensorFlow: the C-level handler writes to a pipe that a thread watches."""
+    """SIGTERM/SIGINT stop this worker at once with one line, even while TensorFlow holds the
+    GIL: the signal goes to the sentinel process through Python's wakeup fd."""
     if _STATE["signals"] or threading.current_thread() is not threading.main_thread():
         return
-    r, w = os.pipe()
-    os.set_blocking(w, False)
+    cmd_r, cmd_w = os.pipe()
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_w, False)
+    subprocess.Popen([sys.executable, "-c", _SENTINEL, str(os.getpid()), str(cmd_r), str(sig_r)],
+                     pass_fds=(cmd_r, sig_r), stdin=subprocess.DEVNULL)
+    os.close(cmd_r)
+    os.close(sig_r)
+    _STATE["sentinel_fd"] = cmd_w
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)     # a Python handler so the wakeup fd is written
-    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-
-    def watch():
-        while True:
-            b = os.read(r, 1)
-            if b and b[0] in (signal.SIGTERM, signal.SIGINT):
-                name = signal.Signals(b[0]).name
-                abandon(f"{_who()}: stopped by {name}; finished levels are kept "
-                        "(restart every worker with --resume)", 128 + b[0])
-    threading.Thread(target=watch, daemon=True, name="shifter-tf-signals").start()
+    signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
     _STATE["signals"] = True
+    _tell(who=_who())
+
+
+def _reinstall_handlers() -> None:
+    """Take SIGTERM/SIGINT back: TensorFlow's coordination service installs its own SIGTERM
+    handler (a preemption notice that does not stop the process)."""
+    if _STATE["signals"]:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
 
 
 def _unreachable(c: Cluster) -> list[str]:
@@ -190,27 +260,37 @@ def _unreachable(c: Cluster) -> list[str]:
     return out
 
 
-class Watchdog:
-    """Abandon the process if the guarded block has not finished within `seconds`."""
+def rendezvous(c: Cluster, timeout: float) -> None:
+    """Wait, in Python (so signals work), until every peer's port accepts connections.
 
-    def __init__(self, seconds: float, what: str):
-        self.seconds, self.what = seconds, what
-        self.done = threading.Event()
-
-    def __enter__(self):
-        def wait():
-            if not self.done.wait(self.seconds):
-                c = _STATE["cluster"]
-                gone = _unreachable(c) if c else []
-                who = f"no answer from {', '.join(gone)}" if gone else "a peer is not answering"
-                abandon(f"{_who()}: error: {self.what} within {self.seconds:.0f} s "
-                        f"(train.peer_timeout): {who}; start every worker with the same "
-                        "TF_CONFIG cluster", 1)
-        threading.Thread(target=wait, daemon=True, name="shifter-tf-watchdog").start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
+    Each worker listens on its own cluster port meanwhile (the kernel completes the handshake;
+    nothing is accepted), so all wait for all; then the listener closes and TensorFlow binds
+    the port. TensorFlow's own start-up would block, holding the GIL, for a missing peer.
+    """
+    me = dict(((k, i), a) for k, i, a in c.tasks)[(c.task_type, c.index)]
+    port = int(me.rpartition(":")[2])
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        srv.bind(("", port))
+    except OSError as e:
+        srv.close()
+        raise ClusterError(f"{c.name}: cannot listen on port {port} of {me} ({e.strerror}); "
+                           "choose a free port in TF_CONFIG") from None
+    srv.listen(64)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            gone = _unreachable(c)
+            if not gone:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{c.name}: the cluster did not form within {timeout:.0f} s "
+                                   f"(train.peer_timeout): no answer from {', '.join(gone)}; "
+                                   "start every worker with the same TF_CONFIG cluster")
+            time.sleep(0.5)
+    finally:
+        srv.close()
 
 
 def as_cluster_error(e: BaseException) -> Optional[ClusterError]:
@@ -239,13 +319,19 @@ def strategy(peer_timeout: float):
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2 as pb
     from tensorflow.python.eager import context
 
+    rendezvous(c, peer_timeout)
     ms = int(peer_timeout * 1000)
     context.context().configure_coordination_service(
         service_type="standalone", service_leader=c.leader, cluster_register_timeout_in_ms=ms,
         heartbeat_timeout_in_ms=ms, shutdown_barrier_timeout_in_ms=ms,
         coordinated_jobs=[pb.CoordinatedJob(name=j, num_tasks=len(a)) for j, a in c.jobs.items()])
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=peer_timeout)
-    with Watchdog(peer_timeout + 10, "the cluster did not form"):
+    peers = [[f"{k} {i}", a] for k, i, a in c.tasks if (k, i) != (c.task_type, c.index)]
+    _tell(arm=peer_timeout + 10, peers=peers,
+          message=f"{_who()}: error: the cluster did not form within {peer_timeout:.0f} s "
+                  "(train.peer_timeout): {gone}; start every worker with the same TF_CONFIG "
+                  "cluster")
+    try:
         try:
             s = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
             _allreduce(s, [1])                         # every worker is up
@@ -255,7 +341,9 @@ def strategy(peer_timeout: float):
                                f"(train.peer_timeout): "
                                f"{'no answer from ' + ', '.join(gone) if gone else type(e).__name__}"
                                "; start every worker with the same TF_CONFIG cluster") from None
-    install_signal_handlers()
+    finally:
+        _tell(arm=None)
+    _reinstall_handlers()
     _STATE["strategy"] = s
     return s
 
@@ -324,6 +412,7 @@ def local_run(run: str | Path, strategy) -> Path:
         return run
     tmp = Path(tempfile.mkdtemp(prefix=f"shifter-tf-{c.task_type}{c.index}-"))
     _STATE["tmp"].append(tmp)
+    _tell(tmp=[str(tmp)])
     if len(_STATE["tmp"]) == 1:
         atexit.register(_cleanup)
     with tarfile.open(fileobj=io.BytesIO(state)) as tar:
