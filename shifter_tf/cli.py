@@ -139,12 +139,15 @@ def cmd_pai(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from shifter_tf.tune_dist import role
+    role()                                   # KERASTUNER_* checked before TensorFlow loads
     cfg = _config(args)
     data = _prepare(cfg)
     from shifter_tf import tune
     best = tune.run_search(cfg, Path(args.out), max_trials=args.trials, source=args.config,
                            data=data)
-    print(f"best config written to {best}")
+    print(f"best config written to {best}" if best else
+          "trials done; the chief (KERASTUNER_TUNER_ID=chief) writes best.yaml")
     return 0
 
 

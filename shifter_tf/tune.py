@@ -61,6 +61,7 @@ import yaml
 import shifter_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from shifter_tf.config import (Config, ConfigError, LotteryConfig, TrainConfig, from_dict,
                                load_config, save_config)
+from shifter_tf import tune_dist
 from shifter_tf.io import atomic_write_json, atomic_write_text
 
 ALGORITHMS = ("random", "bayesian", "hyperband")
@@ -372,7 +373,14 @@ def _tuner_class():
             self.base, self.spec, self.out, self.data = base, spec, out, data
             self.progress = progress
 
+        def search(self, *args, **kwargs):
+            if tune_dist.role() == "chief":   # keras-tuner's chief would only serve the oracle
+                return tune_dist.chief_search(self)
+            return super().search(*args, **kwargs)
+
         def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
+            if tune_dist.is_client():
+                print(f"shifter-tf tune: {self.tuner_id} runs trial {trial.trial_id}", flush=True)
             values = trial_values(self.spec, self.base, trial.hyperparameters.values)
             cfg = trial_config(self.base, values, self.spec.target_density,
                                f"<tune trial {trial.trial_id}>")
@@ -381,7 +389,8 @@ def _tuner_class():
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
-            write_tables(self.out, trial_rows(self.oracle, self.spec, self.base))
+            if not tune_dist.is_client():     # a worker's oracle is a client: the chief writes
+                write_tables(self.out, trial_rows(self.oracle, self.spec, self.base))
 
     return IMPTuner
 
@@ -460,10 +469,11 @@ def _check_resume(cfg: Config, out: Path) -> None:
 
 
 def run_search(cfg: Config, out: str | Path, max_trials: Optional[int] = None, data=None,
-               progress: bool = True, source: Optional[str] = None) -> Path:
+               progress: bool = True, source: Optional[str] = None) -> Optional[Path]:
     """Run (or resume) the keras-tuner search declared in `cfg.tune` into `out`.
 
-    Returns the path of the best config (DIR/best.yaml). `max_trials` overrides
+    Returns the path of the best config (DIR/best.yaml; None on a worker of a distributed
+    search, see shifter_tf.tune_dist). `max_trials` overrides
     `tune.max_trials`; `source` names the config in error messages.
     """
     from shifter_tf.data import load_dataset
@@ -471,6 +481,7 @@ def run_search(cfg: Config, out: str | Path, max_trials: Optional[int] = None, d
 
     source = source or f"<config {cfg.name}>"
     spec = parse_spec(cfg, source)
+    dist = tune_dist.role()
     if max_trials is not None and max_trials < 1:
         raise ConfigError(f"--trials: must be >= 1, got {max_trials}")
     out = Path(out)
@@ -487,6 +498,8 @@ def run_search(cfg: Config, out: str | Path, max_trials: Optional[int] = None, d
             raise
         write_tables(out, trial_rows(tuner.oracle, spec, cfg))
         raise TrainingError(f"tune: {str(e).splitlines()[0]}; see {out / 'trials.csv'}") from e
+    if dist == "worker":
+        return None                  # the chief writes the tables and best.yaml
     rows = trial_rows(tuner.oracle, spec, cfg)
     write_tables(out, rows)
     best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED"]

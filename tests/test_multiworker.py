@@ -187,3 +187,38 @@ def test_peer_never_started_and_sigterm(setup):
         _wait_all([p], 1)
     assert rc != 0 and time.monotonic() - t < 5
     assert any("stopped by SIGTERM" in l for l in _lines(p)), p.log.read_text()[-2000:]
+
+
+def test_distributed_tuner_splits_trials_and_writes_one_best(setup):
+    """keras-tuner's chief oracle plus a worker (KERASTUNER_*): both run trials, one best.yaml."""
+    root, _ = setup
+    cfg = yaml.safe_load((root / "tiny.yaml").read_text())
+    cfg["train"]["epochs"] = 1
+    cfg["tune"] = {"algorithm": "random", "max_trials": 2, "target_density": 0.5,
+                   "space": {"train.lr": {"values": [0.03, 0.05]}}}
+    (root / "tune.yaml").write_text(yaml.safe_dump(cfg))
+    out = root / "tuned"
+    (port,) = __import__("shifter_tf.cluster", fromlist=["x"]).free_ports(1)
+    procs = []
+    try:
+        for tid in ("chief", "tuner1"):
+            env = _env(root, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port),
+                       KERASTUNER_TUNER_ID=tid)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "shifter_tf.cli", "tune", "--config",
+                 str(root / "tune.yaml"), "--out", str(out)], env=env, cwd=root,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outs = [p.communicate(timeout=400) for p in procs]
+    finally:
+        _wait_all(procs, 1)
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    ran = [re.findall(r"runs trial (\d+)", o) for o, _ in outs]
+    assert sorted(ran[0] + ran[1]) == ["0", "1"] and ran[0] and ran[1], ran   # split
+    assert "best config written to" in outs[0][0] and "the chief" in outs[1][0]
+    rows = json.loads((out / "trials.json").read_text())
+    assert [r["status"] for r in rows] == ["COMPLETED", "COMPLETED"]
+    assert sorted(r["train.lr"] for r in rows) == [0.03, 0.05]
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    top = max(rows, key=lambda r: r["sparse_val_accuracy"])
+    assert best["train"]["lr"] == top["train.lr"]
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["0", "1"]
