@@ -79,6 +79,23 @@ PRE_TF = {   # id: (extra args, env, substrings the one line must hold)
     "tf_config_bad_task": (["--set", "train.strategy=multi_worker"],
                            {"TF_CONFIG": '{"cluster": {}, "task": {"type": 1}}'},
                            ["TF_CONFIG", "task"]),
+    "tf_config_missing": (["--set", "train.strategy=multi_worker"], {"TF_CONFIG": ""},
+                          ["TF_CONFIG", "not set", "--workers"]),
+    "tf_config_index_outside": (
+        ["--set", "train.strategy=multi_worker"],
+        {"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", '
+                      '"index": 2}}'}, ["TF_CONFIG", "task.index", "0..1"]),
+    "tf_config_bad_address": (
+        ["--set", "train.strategy=multi_worker"],
+        {"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b"]}, "task": {"type": "worker", '
+                      '"index": 0}}'}, ["TF_CONFIG", "cluster.worker[1]", "host:port"]),
+    "tf_config_unknown_job": (
+        ["--set", "train.strategy=multi_worker"],
+        {"TF_CONFIG": '{"cluster": {"ps": ["a:1"]}, "task": {"type": "ps", "index": 0}}'},
+        ["TF_CONFIG", "cluster.ps"]),
+    "kerastuner_port_missing": (["--set", "train.strategy=default"],
+                                {"KERASTUNER_ORACLE_IP": "127.0.0.1"},
+                                ["KERASTUNER_ORACLE_PORT", "not set"]),
     "image_folder_empty": (["--set", "data.name=image_folder", "--set", "data.path={empty}"],
                            {}, ["empty", "no class sub-folders"]),
     "class_folders_without_images": (
@@ -99,7 +116,8 @@ def test_cli_error_before_tensorflow(case, tmp_path):
     extra = [a.format(**{k: tmp_path / k for k in ("empty", "class_folders_without_images",
                                                    "images_without_class_folders")})
              for a in extra]
-    rc, lines, raw, seconds = cli(["train", "--config", CONFIG, "--out", tmp_path / "run",
+    command = "tune" if case.startswith("kerastuner") else "train"
+    rc, lines, raw, seconds = cli([command, "--config", CONFIG, "--out", tmp_path / "run",
                                    *extra], cwd=tmp_path, env=env)
     assert_one_line(rc, lines, raw, culprits)
     assert not (tmp_path / "run").exists()            # nothing written
