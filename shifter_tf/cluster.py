@@ -399,14 +399,18 @@ def _pack(run: Path) -> bytes:
     return buf.getvalue()
 
 
-def local_run(run: str | Path, strategy) -> Path:
+def local_run(run: str | Path, strategy, config: Optional[dict] = None) -> Path:
     """The folder this worker writes its copy of the run to: `run` on the chief (and outside a
     multi-worker run); on other workers a temporary folder holding the chief's state of the run,
-    deleted at exit."""
+    deleted at exit. `config` (the run's, as a dict) must be the same on every worker."""
     run = Path(run)
     c = cluster_of(strategy)
     if c is None:
         return run
+    if config is not None:
+        same = {k: v for k, v in config.items() if k != "train"}
+        same["train"] = {k: v for k, v in config["train"].items() if k != "verbose"}
+        check_identical(strategy, "the config", config=json.dumps(same, sort_keys=True))
     state = broadcast_bytes(strategy, _pack(run) if c.is_chief else None)
     if c.is_chief:
         return run
@@ -449,9 +453,10 @@ def check_identical(strategy, what: str, **values: Any) -> None:
     got = _allreduce(strategy, slots.ravel()).reshape(c.num_workers, 4)
     differ = [f"{t[0]} {t[1]}" for t, g in zip(c.tasks, got) if not np.array_equal(g, got[0])]
     if differ:
+        why = ("start every worker with the same config and --set" if "config" in values else
+               "the workers' weights diverged (different TensorFlow versions or CPUs?)")
         raise ClusterError(f"{what}: {', '.join(differ)} holds different {', '.join(values)} "
-                           f"than {c.tasks[0][0]} {c.tasks[0][1]}; the workers' weights "
-                           "diverged (different TensorFlow versions or CPUs?)")
+                           f"than {c.tasks[0][0]} {c.tasks[0][1]}; {why}")
 
 
 # ---------------------------------------------------------------- trying it on one machine

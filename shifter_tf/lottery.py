@@ -331,7 +331,7 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
     `callbacks` (tf_keras) are passed to every level's fit.
     """
     strategy = T.make_strategy(cfg.train.strategy, cfg.train.peer_timeout)
-    run = C.local_run(run, strategy)      # other workers than the chief: a temporary copy
+    run = C.local_run(run, strategy, cfg.to_dict())   # not the chief: a temporary copy
     done = finished_levels(run)
     if done and not resume:
         raise FileExistsError(f"{run}: holds finished levels {done}; pass --resume to continue "
