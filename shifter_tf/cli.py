@@ -31,9 +31,9 @@ def _config(args):
     cfg = load_config(args.config, parse_overrides(args.set))
     if cfg.train.strategy == "multi_worker":
         if args.command in ("run", "pai"):
-            raise ConfigError(f"train.strategy: multi_worker is for `train` and `tune`; run "
-                              f"`shifter-tf train` on every worker, then `prune` and `export` "
-                              f"on the chief")
+            raise ConfigError("train.strategy: multi_worker is for `train` and `tune`; run "
+                              "`shifter-tf train` on every worker, then `prune` and `export` "
+                              "on the chief")
         check_tf_config()
     return cfg
 

@@ -2,10 +2,9 @@
 
 What `train.strategy: multi_worker` needs beyond `tf.distribute` itself, in one place:
 - `parse_tf_config`: TF_CONFIG checked before TensorFlow loads (one line naming what is wrong).
-- `strategy`: the process's one strategy, with the coordination service's register/heartbeat
-  timeouts and the collectives' timeout set to `train.peer_timeout`, a watchdog for the case TF
-  blocks in C++ (the leader waiting for a peer that never starts) and SIGTERM/SIGINT handlers
-  that stop the worker at once even while TensorFlow is stuck.
+- `strategy`: the process's one strategy: peers awaited in Python first, then the coordination
+  service's register/heartbeat timeouts and the collectives' timeout set to
+  `train.peer_timeout`; SIGTERM/SIGINT and a stuck start-up handled by `shifter_tf.sentinel`.
 - `local_run`: TensorFlow's multi-worker saving pattern: the chief writes the run folder, other
   workers write to a temporary folder they delete. On `--resume` the chief broadcasts the run's
   state (config, rewind point, finished levels) through the strategy, so no worker but the chief
@@ -18,23 +17,22 @@ Nothing here imports TensorFlow at module level: the CLI checks TF_CONFIG before
 """
 from __future__ import annotations
 
-import atexit
 import hashlib
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from shifter_tf import sentinel
+from shifter_tf.sentinel import abandon  # noqa: F401  (the CLI's way out of a lost cluster)
 
 EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
            '"task": {"type": "worker", "index": 0}}')
@@ -131,166 +129,7 @@ def parse_tf_config(environ: Optional[dict] = None, required: bool = True) -> Op
     return Cluster({j: list(cluster[j]) for j in cluster}, kind, index)
 
 
-# ---------------------------------------------------------------- stopping promptly
-_STATE: dict[str, Any] = {"cluster": None, "strategy": None, "tmp": [], "signals": False}
-
-
-def _cleanup() -> None:
-    for d in _STATE["tmp"]:
-        shutil.rmtree(d, ignore_errors=True)
-    _STATE["tmp"] = []
-
-
-def abandon(message: str, code: int = 1) -> None:
-    """Print one line, delete this worker's temporary folder and exit now. TensorFlow may be
-    blocked in C++ (a collective, the coordination service's shutdown barrier waiting for a dead
-    peer), so a normal exit could hang; os._exit does not."""
-    print(message, file=sys.stderr, flush=True)
-    _cleanup()
-    os._exit(code)
-
-
-def _who() -> str:
-    c = _STATE["cluster"]
-    return f"shifter-tf ({c.name} of {c.num_workers})" if c else "shifter-tf"
-
-
-# A separate process watches this one: TensorFlow holds the GIL while it blocks in C++ (the
-# leader waiting at start-up for a peer that never comes), so neither a Python thread nor a Python
-# signal handler would run. Python's C-level handler still writes each signal to the wakeup fd,
-# which the sentinel reads; commands (JSON lines) arm a deadline or name the temporary folder.
-_SENTINEL = r"""
-import json, os, select, shutil, signal, socket, sys, time
-parent, cmd, sig = (int(a) for a in sys.argv[1:4])
-for s in (signal.SIGTERM, signal.SIGINT):    # a group signal (Ctrl-C, timeout) is the worker's
-    signal.signal(s, signal.SIG_IGN)
-deadline, job, tmp, buf = None, {}, [], b""
-def probe(peers):
-    gone = []
-    for name, addr in peers:
-        host, _, port = addr.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=2).close()
-        except OSError:
-            gone.append(f"{name} at {addr}")
-    return gone
-def stop(line):
-    sys.stderr.write(line + "\n"); sys.stderr.flush()
-    for d in tmp:
-        shutil.rmtree(d, ignore_errors=True)
-    try:
-        os.kill(parent, signal.SIGKILL)
-    finally:
-        os._exit(0)
-while True:
-    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-    ready = select.select([cmd, sig], [], [], wait)[0]
-    if not ready:
-        gone = probe(job.get("peers", []))
-        stop(job["message"].replace("{gone}", "no answer from " + ", ".join(gone) if gone
-                                    else "a peer is not answering"))
-    if sig in ready:
-        for b in os.read(sig, 64):
-            if b in (signal.SIGTERM, signal.SIGINT):
-                stop(job.get("who", "shifter-tf") + f": stopped by {signal.Signals(b).name}; "
-                     "finished levels are kept (restart every worker with --resume)")
-    if cmd in ready:
-        data = os.read(cmd, 65536)
-        if not data:                       # the worker exited (or was killed)
-            for d in tmp:
-                shutil.rmtree(d, ignore_errors=True)
-            os._exit(0)
-        buf += data
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            msg = json.loads(line)
-            if "arm" in msg:
-                deadline = time.monotonic() + msg["arm"] if msg["arm"] is not None else None
-            tmp += msg.get("tmp", [])
-            job.update({k: v for k, v in msg.items() if k in ("message", "peers", "who")})
-"""
-
-
-def _tell(**msg: Any) -> None:
-    """Send a command to the sentinel (started by `install_signal_handlers`)."""
-    fd = _STATE.get("sentinel_fd")
-    if fd is not None:
-        os.write(fd, (json.dumps(msg) + "\n").encode())
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM/SIGINT stop this worker at once with one line, even while TensorFlow holds the
-    GIL: the signal goes to the sentinel process through Python's wakeup fd."""
-    if _STATE["signals"] or threading.current_thread() is not threading.main_thread():
-        return
-    cmd_r, cmd_w = os.pipe()
-    sig_r, sig_w = os.pipe()
-    os.set_blocking(sig_w, False)
-    subprocess.Popen([sys.executable, "-c", _SENTINEL, str(os.getpid()), str(cmd_r), str(sig_r)],
-                     pass_fds=(cmd_r, sig_r), stdin=subprocess.DEVNULL)
-    os.close(cmd_r)
-    os.close(sig_r)
-    _STATE["sentinel_fd"] = cmd_w
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)     # a Python handler so the wakeup fd is written
-    signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
-    _STATE["signals"] = True
-    _tell(who=_who())
-
-
-def _reinstall_handlers() -> None:
-    """Take SIGTERM/SIGINT back: TensorFlow's coordination service installs its own SIGTERM
-    handler (a preemption notice that does not stop the process)."""
-    if _STATE["signals"]:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
-
-
-def _unreachable(c: Cluster) -> list[str]:
-    """Peers whose address accepts no TCP connection right now."""
-    out = []
-    for kind, i, addr in c.tasks:
-        if (kind, i) == (c.task_type, c.index):
-            continue
-        host, _, port = addr.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=2).close()
-        except OSError:
-            out.append(f"{kind} {i} at {addr}")
-    return out
-
-
-def rendezvous(c: Cluster, timeout: float) -> None:
-    """Wait, in Python (so signals work), until every peer's port accepts connections.
-
-    Each worker listens on its own cluster port meanwhile (the kernel completes the handshake;
-    nothing is accepted), so all wait for all; then the listener closes and TensorFlow binds
-    the port. TensorFlow's own start-up would block, holding the GIL, for a missing peer.
-    """
-    me = dict(((k, i), a) for k, i, a in c.tasks)[(c.task_type, c.index)]
-    port = int(me.rpartition(":")[2])
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        srv.bind(("", port))
-    except OSError as e:
-        srv.close()
-        raise ClusterError(f"{c.name}: cannot listen on port {port} of {me} ({e.strerror}); "
-                           "choose a free port in TF_CONFIG") from None
-    srv.listen(64)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            gone = _unreachable(c)
-            if not gone:
-                return
-            if time.monotonic() > deadline:
-                raise ClusterError(f"{c.name}: the cluster did not form within {timeout:.0f} s "
-                                   f"(train.peer_timeout): no answer from {', '.join(gone)}; "
-                                   "start every worker with the same TF_CONFIG cluster")
-            time.sleep(0.5)
-    finally:
-        srv.close()
+_STATE: dict[str, Any] = {"cluster": None, "strategy": None}
 
 
 def as_cluster_error(e: BaseException) -> Optional[ClusterError]:
@@ -314,38 +153,43 @@ def strategy(peer_timeout: float):
         return _STATE["strategy"]
     c = parse_tf_config()
     _STATE["cluster"] = c
-    install_signal_handlers()
+    sentinel.start(f"shifter-tf ({c.name} of {c.num_workers})")
     import tensorflow as tf
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2 as pb
     from tensorflow.python.eager import context
 
-    rendezvous(c, peer_timeout)
+    me = dict(((k, i), a) for k, i, a in c.tasks)[(c.task_type, c.index)]
+    sentinel.rendezvous(c.name, me, _peers(c), peer_timeout)
     ms = int(peer_timeout * 1000)
     context.context().configure_coordination_service(
         service_type="standalone", service_leader=c.leader, cluster_register_timeout_in_ms=ms,
         heartbeat_timeout_in_ms=ms, shutdown_barrier_timeout_in_ms=ms,
         coordinated_jobs=[pb.CoordinatedJob(name=j, num_tasks=len(a)) for j, a in c.jobs.items()])
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=peer_timeout)
-    peers = [[f"{k} {i}", a] for k, i, a in c.tasks if (k, i) != (c.task_type, c.index)]
-    _tell(arm=peer_timeout + 10, peers=peers,
-          message=f"{_who()}: error: the cluster did not form within {peer_timeout:.0f} s "
-                  "(train.peer_timeout): {gone}; start every worker with the same TF_CONFIG "
-                  "cluster")
+    sentinel.tell(arm=peer_timeout + 10, peers=_peers(c),
+                  message=f"{sentinel.who()}: error: the cluster did not form within {peer_timeout:.0f} s "
+                          "(train.peer_timeout): {gone}; start every worker with the same "
+                          "TF_CONFIG cluster")
     try:
         try:
             s = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
             _allreduce(s, [1])                         # every worker is up
         except tf.errors.OpError as e:
-            gone = _unreachable(c)
+            gone = sentinel.unreachable(_peers(c))
             raise ClusterError(f"{c.name}: the cluster did not form within {peer_timeout:.0f} s "
                                f"(train.peer_timeout): "
                                f"{'no answer from ' + ', '.join(gone) if gone else type(e).__name__}"
                                "; start every worker with the same TF_CONFIG cluster") from None
     finally:
-        _tell(arm=None)
-    _reinstall_handlers()
+        sentinel.tell(arm=None)
+    sentinel.reclaim_signals()
     _STATE["strategy"] = s
     return s
+
+
+def _peers(c: Cluster) -> list[list[str]]:
+    """[name, host:port] of every other task."""
+    return [[f"{k} {i}", a] for k, i, a in c.tasks if (k, i) != (c.task_type, c.index)]
 
 
 def cluster_of(strategy) -> Optional[Cluster]:
@@ -353,7 +197,7 @@ def cluster_of(strategy) -> Optional[Cluster]:
     return _STATE["cluster"] if strategy is not None and strategy is _STATE["strategy"] else None
 
 
-def _allreduce(strategy, values) -> "np.ndarray":
+def _allreduce(strategy, values) -> Any:
     """Sum int64 values over the workers (each worker's single replica contributes them)."""
     import numpy as np
     import tensorflow as tf
@@ -415,10 +259,7 @@ def local_run(run: str | Path, strategy, config: Optional[dict] = None) -> Path:
     if c.is_chief:
         return run
     tmp = Path(tempfile.mkdtemp(prefix=f"shifter-tf-{c.task_type}{c.index}-"))
-    _STATE["tmp"].append(tmp)
-    _tell(tmp=[str(tmp)])
-    if len(_STATE["tmp"]) == 1:
-        atexit.register(_cleanup)
+    sentinel.add_tmp(tmp)
     with tarfile.open(fileobj=io.BytesIO(state)) as tar:
         tar.extractall(tmp, filter="data")
     return tmp
