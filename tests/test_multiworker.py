@@ -239,3 +239,36 @@ def test_workers_with_different_configs_stop_in_one_line(setup):
         lines = _lines(p)
         assert len(lines) == 1 and "worker 1 holds different config" in lines[0], lines
     assert not (root / "differ" / "levels").exists()
+
+
+SHARD_SCRIPT = """
+import hashlib, json, sys
+from shifter_tf import cluster
+strategy = cluster.strategy(60)
+from shifter_tf.config import DataConfig
+from shifter_tf.data import load_dataset
+data = load_dataset(DataConfig(limit_train=256), 1)
+seen = []
+ds = data.tf_dataset("train", 32, training=True, seed=1)   # what train.fit gives Keras
+for x, y in strategy.experimental_distribute_dataset(ds):
+    for v in strategy.experimental_local_results(x):
+        seen += [hashlib.sha1(img.tobytes()).hexdigest() for img in v.numpy()]
+every = [hashlib.sha1(img.tobytes()).hexdigest() for img in data.normalized("train")[0]]
+print("SEEN", json.dumps({"seen": seen, "all": every}))
+"""
+
+
+def test_training_data_are_sharded_across_workers(setup):
+    root, _ = setup
+    procs = [subprocess.Popen([sys.executable, "-c", SHARD_SCRIPT], cwd=root,
+                              env=_env(root, TF_CONFIG=c), stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for c in _tf_configs(2)]
+    try:
+        outs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        _wait_all(procs, 1)
+    got = [json.loads(next(l for l in o.splitlines() if l.startswith("SEEN"))[5:]) for o in outs]
+    a, b = (set(g["seen"]) for g in got)
+    assert a and b and not a & b                         # each example on one worker only
+    assert a | b == set(got[0]["all"])                   # together: the whole training split
+    assert abs(len(a) - len(b)) <= 32
