@@ -140,8 +140,13 @@ def steps_per_epoch(data: Dataset, batch_size: int) -> int:
 def fit(model: keras.Model, data: Dataset, cfg: TrainConfig, *, seed: int, what: str,
         callbacks: list = (), epochs: Optional[int] = None) -> FitResult:
     """Train `model` (compiled) on the training split; raise TrainingError on a NaN loss."""
-    train = data.tf_dataset("train", cfg.batch_size, training=True, seed=seed)
-    val = data.tf_dataset("val", cfg.batch_size)
+    # Across workers, shard by element: a streamed folder reads its files through a map, which
+    # Keras' default (by file) cannot shard, so it would only fall back to this with a warning.
+    by_element = tf.data.Options()
+    by_element.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train = data.tf_dataset("train", cfg.batch_size, training=True, seed=seed).with_options(
+        by_element)
+    val = data.tf_dataset("val", cfg.batch_size).with_options(by_element)
     if cfg.label_smoothing:
         k = data.num_classes
         train = train.map(lambda x, y: (x, tf.one_hot(y, k)))
