@@ -134,7 +134,8 @@ def train_portfolio(model, train_data, validation_data=None, *, out: Union[str, 
     `test_data` (defaults to validation): tf.data.Datasets of (x, y), batched as for `fit` or
     not, (x, y) numpy tuples, or a shifter_tf data set (`shifter_tf.image_folder(...)`); they
     are used as they come (normalise in the pipeline or in the model). `train_data=None` loads
-    the data set of `config`. `callbacks`: tf_keras callbacks passed to every level's `fit`.
+    the data set of `config`. `callbacks`: Keras callbacks (tf_keras or Keras 3) passed to
+    every level's `fit`.
     Options not named here go in `config` (a Config, a YAML path or a dict of sections).
     """
     from shifter_tf import lottery
@@ -158,7 +159,7 @@ def train_portfolio(model, train_data, validation_data=None, *, out: Union[str, 
         labels=labels, norm=norm)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "input_model.keras"
-    if not (resume and path.exists()):
+    if not lottery.finished_levels(out):   # a finished run keeps the model it trained from
         atomic_save(path, lambda p: tk.save(p))
     lot = {} if config is not None else dict(DEFAULT_LOTTERY)
     lot.update(levels=levels, prune_fraction=prune_fraction)

@@ -109,3 +109,19 @@ def test_bad_inputs_are_one_line(tmp_path, mnist_tiny):
     with pytest.raises(DataError, match="100 inputs but 99 labels"):
         shifter_tf.train_portfolio(small_model(keras), (train[0][:100], train[1][:99]),
                                    validation_data=train, out=tmp_path / "c")
+
+
+def test_a_finished_run_is_not_overwritten(tmp_path, mnist_tiny):
+    import tf_keras as keras
+
+    train, val = mnist_tiny.normalized("train"), mnist_tiny.normalized("val")
+    kw = dict(validation_data=val, out=tmp_path / "run", levels=1, epochs=1, verbose=0,
+              progress=False)
+    shifter_tf.train_portfolio(small_model(keras), (train[0][:256], train[1][:256]), **kw)
+    before = (tmp_path / "run" / "input_model.keras").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        shifter_tf.train_portfolio(small_model(keras), (train[0][:256], train[1][:256]), **kw)
+    assert (tmp_path / "run" / "input_model.keras").read_bytes() == before
+    again = shifter_tf.train_portfolio(small_model(keras), (train[0][:256], train[1][:256]),
+                                       resume=True, **kw)
+    assert [r.level for r in again.levels] == [0, 1]     # nothing left to train: same levels
