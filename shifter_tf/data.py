@@ -25,9 +25,6 @@ class DataError(ValueError):
     """A data set that cannot be loaded, with what to do about it."""
 
 
-NORM_SOURCES = ("stats", "fixed", "model", "caller")
-
-
 @dataclass
 class Normalization:
     """x_model = (x_raw * scale - mean) / std, per channel (last axis).
@@ -44,6 +41,11 @@ class Normalization:
     @classmethod
     def identity(cls, source: str, channels: int = 1) -> "Normalization":
         return cls(1.0, [0.0] * channels, [1.0] * channels, source)
+
+    @classmethod
+    def fixed(cls, channels: int) -> "Normalization":
+        """Only the 1/255 scale (`data.normalize: false`)."""
+        return cls(1.0 / 255.0, [0.0] * channels, [1.0] * channels, "fixed")
 
     @property
     def on_device(self) -> bool:
@@ -277,8 +279,7 @@ def _from_arrays(name, cfg: DataConfig, x, y, labels, seed, x_test=None, y_test=
         (train_idx,) = [train_idx[p] for p in stratified_split(
             y[train_idx], [cfg.limit_train / len(train_idx)], seed)[:1]]
     x_train, y_train = x[train_idx], y[train_idx]
-    norm = _stats(x_train, 1.0 / 255.0) if cfg.normalize else Normalization(
-        1.0 / 255.0, [0.0] * x.shape[-1], [1.0] * x.shape[-1], source="fixed")
+    norm = _stats(x_train, 1.0 / 255.0) if cfg.normalize else Normalization.fixed(x.shape[-1])
     return Dataset(name, x_train, y_train, x[val_idx], y[val_idx], x_test, y_test, labels, norm,
                    augment=cfg.augment, flip=cfg.flip)
 

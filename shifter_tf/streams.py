@@ -33,7 +33,7 @@ class Source:
     batched: bool
     count: Optional[int] = None          # examples; None = unknown until counted
     paths: Optional[list[str]] = None    # the files behind it (image folders)
-    shuffle_before: Optional[Callable[[Any, int], Any]] = None   # cheap shuffle (file names)
+    shuffled: Optional[Callable[[int], Any]] = None   # make(), cheaply shuffled with a seed
 
 
 @dataclass
@@ -95,7 +95,7 @@ class StreamData:
             n = int(src.make().cardinality())
             if n >= 0 and n != tf.data.INFINITE_CARDINALITY:
                 return max(1, n)
-            return max(1, _count_batches(src.make()))
+            return max(1, sum(1 for _ in src.make()))
         return max(1, -(-self.count(split) // batch_size))
 
     def tf_dataset(self, split: str, batch_size: int, training: bool = False, seed: int = 0):
@@ -103,9 +103,7 @@ class StreamData:
         import tensorflow as tf
 
         src = self._source(split)
-        ds = src.make()
-        if training and src.shuffle_before is not None:
-            ds = src.shuffle_before(ds, seed)
+        ds = src.shuffled(seed) if training and src.shuffled else src.make()
         # A user's batched pipeline keeps its own batching and augmentation.
         ds = ds.map(self._normalize(split), num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=True)
@@ -134,9 +132,7 @@ class StreamData:
                                                                               np.ndarray]:
         """The first `n` normalised examples of `split` (shuffled by file name with `seed`)."""
         src = self._source(split)
-        ds = src.make()
-        if seed is not None and src.shuffle_before is not None:
-            ds = src.shuffle_before(ds, seed)
+        ds = src.shuffled(seed) if seed is not None and src.shuffled else src.make()
         if src.batched:
             ds = ds.unbatch()
         xs, ys = [], []
@@ -147,10 +143,6 @@ class StreamData:
         if not xs:
             raise DataError(f"{self.name}: the {split} split is empty")
         return np.concatenate(xs), np.concatenate(ys)
-
-
-def _count_batches(ds) -> int:
-    return sum(1 for _ in ds)
 
 
 # ---------------------------------------------------------------- image folders
@@ -186,17 +178,13 @@ def _file_source(paths: list[str], labels: np.ndarray, size: tuple[int, int]) ->
 
     paths_t, labels_t = np.asarray(paths), np.asarray(labels, np.int64)
 
-    def make():
-        return tf.data.Dataset.from_tensor_slices((paths_t, labels_t)).map(
-            decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-    def shuffled(_ds, seed):
-        # Shuffle the names each epoch, then decode: the buffer holds strings, not pixels.
-        return (tf.data.Dataset.from_tensor_slices((paths_t, labels_t))
-                .shuffle(len(paths_t), seed=seed, reshuffle_each_iteration=True)
-                .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    def make(seed=None):
+        names = tf.data.Dataset.from_tensor_slices((paths_t, labels_t))
+        if seed is not None:   # shuffle names each epoch, then decode: the buffer holds strings
+            names = names.shuffle(len(paths_t), seed=seed, reshuffle_each_iteration=True)
+        return names.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return Source(make=make, batched=False, count=len(paths), paths=list(paths),
-                  shuffle_before=shuffled)
+                  shuffled=make)
 
 
 def streaming_stats(ds, channels: int, scale: float, what: str,
@@ -240,7 +228,7 @@ def image_folder(root: str | Path, image_size=(32, 32), val_fraction: float = 0.
         raise DataError(f"{root}: the training split is empty; lower data.val_fraction / "
                         "data.test_fraction or add images")
     data = StreamData(Path(root).name, sources, classes, (*size, 3),
-                      Normalization(1.0 / 255.0, [0.0] * 3, [1.0] * 3, source="fixed"),
+                      Normalization.fixed(3),
                       augment=augment, flip=flip)
     if norm is None and normalize:
         norm = streaming_stats(sources["train"].make(), 3, 1.0 / 255.0, str(root),
