@@ -18,11 +18,12 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 import shifter_tf  # noqa: F401
-from shifter_tf.config import Config, from_dict, load_config
-from shifter_tf.data import DataError, Dataset, Normalization, model_normalizes
+from shifter_tf.config.recipes import DEFAULT_RECIPE
+from shifter_tf.config.schema import Config, from_dict, load_config
+from shifter_tf.data.sets import Dataset, Normalization, model_normalizes
+from shifter_tf.errors import DataError
 
 # The embedded default's measured recipe (README "Beating a smaller model"), not the paper's.
-DEFAULT_LOTTERY = {"structure": "filters", "filter_fraction": 0.15, "rewind": "lr"}
 PY_DATA = "python"   # data.name of a run whose data came through this API
 
 
@@ -35,14 +36,15 @@ class Portfolio:
     manifest: Optional[dict] = None
 
     def table(self) -> str:
-        from shifter_tf.lottery import format_table
+        from shifter_tf.train.lottery import format_table
         return format_table(self.levels)
 
     def model(self, level: int, kind: str = "sparse", keras3: bool = False):
         """The model of `level`: `sparse` (trained) or `pruned` (after `prune`); tf_keras, or
         Keras 3 with `keras3=True` (converted, outputs checked)."""
         import tf_keras as keras
-        from shifter_tf import lottery, pipeline
+        from shifter_tf import pipeline
+        from shifter_tf.train import lottery
 
         if kind == "sparse":
             model = lottery.load_level_model(self.run, level)
@@ -52,7 +54,7 @@ class Portfolio:
         else:
             raise ValueError(f"kind: 'sparse' or 'pruned', got {kind!r}")
         if keras3:
-            from shifter_tf.keras3 import to_keras3
+            from shifter_tf.models.keras3 import to_keras3
             return to_keras3(model)
         return model
 
@@ -75,7 +77,7 @@ def _as_tf_keras(model, sample: Optional[np.ndarray]):
 
     if isinstance(model, keras.Model):
         return model
-    from shifter_tf.keras3 import is_keras3, to_tf_keras
+    from shifter_tf.models.keras3 import is_keras3, to_tf_keras
     if is_keras3(model):
         return to_tf_keras(model, sample=sample)
     raise TypeError(f"model: expected a Keras model, got {type(model).__name__}")
@@ -110,7 +112,7 @@ def as_data(train_data, validation_data=None, test_data=None, *, input_shape, nu
         raise DataError("validation_data: required (it picks nothing, but every level reports "
                         "it and surgery verifies on it)")
     if _is_tf_data(train_data) or _is_tf_data(validation_data):
-        from shifter_tf.streams import from_tf_data
+        from shifter_tf.data.streams import from_tf_data
         return from_tf_data(train_data, validation_data, test_data, input_shape=input_shape,
                             labels=labels, norm=norm, name=PY_DATA)
     (xt, yt), (xv, yv) = _arrays(train_data, "train_data"), _arrays(validation_data,
@@ -138,9 +140,9 @@ def train_portfolio(model, train_data, validation_data=None, *, out: Union[str, 
     every level's `fit`.
     Options not named here go in `config` (a Config, a YAML path or a dict of sections).
     """
-    from shifter_tf import lottery
-    from shifter_tf.compiled import compile_spec, tf_keras_callbacks
-    from shifter_tf.io import atomic_save
+    from shifter_tf.train import lottery
+    from shifter_tf.models.compiled import compile_spec, tf_keras_callbacks
+    from shifter_tf.util.io import atomic_save
     from shifter_tf.models import load_user_model
 
     out = Path(out)
@@ -161,7 +163,7 @@ def train_portfolio(model, train_data, validation_data=None, *, out: Union[str, 
     path = out / "input_model.keras"
     if not lottery.finished_levels(out):   # a finished run keeps the model it trained from
         atomic_save(path, lambda p: tk.save(p))
-    lot = {} if config is not None else dict(DEFAULT_LOTTERY)
+    lot = {} if config is not None else {"recipe": DEFAULT_RECIPE}
     lot.update(levels=levels, prune_fraction=prune_fraction)
     cfg = _config(config, data={"name": None if data is None else PY_DATA},
                   model={"path": str(path.resolve())}, lottery=lot,
@@ -206,7 +208,7 @@ def export_portfolio(target, data=None, *, representative_data=None,
 
     from shifter_tf import pipeline
 
-    from shifter_tf import lottery
+    from shifter_tf.train import lottery
 
     run, data = _run_and_data(target, data)
     overrides = {"export.precisions": list(precisions)} if precisions else None

@@ -25,8 +25,9 @@ import shifter_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 def _config(args):
     """Read and check the config (and TF_CONFIG) before TensorFlow loads: a typo costs < 2 s."""
-    from shifter_tf.config import ConfigError, load_config
-    from shifter_tf.config_rules import check_tf_config, parse_overrides
+    from shifter_tf.config.schema import load_config
+    from shifter_tf.errors import ConfigError
+    from shifter_tf.config.rules import check_tf_config, parse_overrides
 
     cfg = load_config(args.config, parse_overrides(args.set))
     if cfg.train.strategy == "multi_worker":
@@ -41,10 +42,10 @@ def _config(args):
 def _prepare(cfg):
     """Load the data and check the model against it (file, custom objects, input and output
     shapes) before anything is written; returns the data for the phase to reuse."""
-    from shifter_tf.data import load_dataset
+    from shifter_tf.data.loaders import load_dataset
 
     if cfg.train.strategy == "multi_worker":   # before anything starts TensorFlow's runtime
-        from shifter_tf.cluster import strategy
+        from shifter_tf.distributed.cluster import strategy
         strategy(cfg.train.peer_timeout)
     data = load_dataset(cfg.data, cfg.seed)
     if cfg.model.path or cfg.model.custom_objects:
@@ -55,8 +56,9 @@ def _prepare(cfg):
 
 def _run_overrides(args, section: str) -> dict:
     """--set for a phase over an existing run: only `section.*` keys, checked before TensorFlow."""
-    from shifter_tf.config import ConfigError, load_config
-    from shifter_tf.config_rules import parse_overrides
+    from shifter_tf.config.schema import load_config
+    from shifter_tf.errors import ConfigError
+    from shifter_tf.config.rules import parse_overrides
 
     overrides = parse_overrides(args.set)
     for key in overrides:
@@ -74,7 +76,7 @@ def _run_overrides(args, section: str) -> dict:
 def cmd_train(args) -> int:
     cfg = _config(args)
     data = _prepare(cfg)
-    from shifter_tf import lottery
+    from shifter_tf.train import lottery
     results = lottery.run_lottery(cfg, args.out, resume=args.resume, data=data)
     print(lottery.format_table(results))
     return 0
@@ -91,18 +93,18 @@ def cmd_export(args) -> int:
     overrides = _run_overrides(args, "export")
     key = None
     if args.private_key:                       # a bad key fails now, not after the export
-        from shifter_tf.signing import load_private_key
+        from shifter_tf.export.signing import load_private_key
         key = load_private_key(args.private_key)
     from shifter_tf import pipeline
     print(pipeline.export_run(Path(args.run), overrides=overrides))
     if key is not None:
-        from shifter_tf.signing import sign_portfolio
+        from shifter_tf.export.signing import sign_portfolio
         print(f"signed: {sign_portfolio(Path(args.run) / 'portfolio', key)}")
     return 0
 
 
 def cmd_keygen(args) -> int:
-    from shifter_tf.signing import generate_keypair
+    from shifter_tf.export.signing import generate_keypair
     priv, pub, kid = generate_keypair(args.key, force=args.force)
     print(f"private key {priv} (keep it secret), public key {pub} (copy it to the device), "
           f"key id {kid}")
@@ -110,13 +112,13 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_sign(args) -> int:
-    from shifter_tf.signing import sign_portfolio
+    from shifter_tf.export.signing import sign_portfolio
     print(f"signed: {sign_portfolio(Path(args.portfolio), args.private_key)}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from shifter_tf import report
+    from shifter_tf.export import report
     path = report.write_report(Path(args.run))
     print(f"wrote {path}")
     return 0
@@ -139,11 +141,11 @@ def cmd_pai(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from shifter_tf.tune_dist import role
+    from shifter_tf.tune.dist import role
     role()                                   # KERASTUNER_* checked before TensorFlow loads
     cfg = _config(args)
     data = _prepare(cfg)
-    from shifter_tf import tune
+    from shifter_tf.tune import search as tune
     best = tune.run_search(cfg, Path(args.out), max_trials=args.trials, source=args.config,
                            data=data)
     print(f"best config written to {best}" if best else
@@ -223,26 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_error(e: BaseException) -> bool:
-    """A mistake the user can fix? Config and data errors are told apart without loading
-    TensorFlow (shifter_tf.errors imports every phase)."""
-    from shifter_tf.config import ConfigError
-    from shifter_tf.data import DataError
-    if isinstance(e, (ConfigError, DataError, FileNotFoundError, FileExistsError)):
-        return True
+    """A mistake the user can fix (printed as one line)? `errors` is a leaf: no TensorFlow."""
     from shifter_tf.errors import USER_ERRORS
     return isinstance(e, USER_ERRORS)
 
 
 def _launch(args, argv: list[str]) -> int:
     """`--workers N`: the same command as N multi-worker processes on this machine."""
-    from shifter_tf.cluster import launch_local
-    from shifter_tf.config import ConfigError
+    from shifter_tf.distributed.cluster import launch_local
+    from shifter_tf.errors import ConfigError
 
     if args.workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
     args.set = [*(args.set or []), "train.strategy=multi_worker"]
-    from shifter_tf.config import load_config
-    from shifter_tf.config_rules import parse_overrides
+    from shifter_tf.config.schema import load_config
+    from shifter_tf.config.rules import parse_overrides
     load_config(args.config, parse_overrides(args.set))      # a typo: one line, not N
     rest, skip = [], False
     for a in argv:
@@ -261,7 +258,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return _launch(args, argv)
         return args.fn(args)
     except Exception as e:
-        from shifter_tf.cluster import abandon, as_cluster_error
+        from shifter_tf.distributed.cluster import abandon, as_cluster_error
         lost = as_cluster_error(e)
         if lost is not None:    # os._exit: TF would wait for the dead peer at shutdown
             abandon(f"shifter-tf {args.command}: error: {lost}", 1)

@@ -15,13 +15,14 @@ import shifter_tf  # noqa: F401
 import tf_keras as keras
 from tqdm.auto import tqdm
 
-from shifter_tf import lottery
-from shifter_tf.config import Config, load_config
-from shifter_tf.data import Dataset, load_dataset
-from shifter_tf.finetune import finetune_run, finetuned_dir, finetuned_levels
-from shifter_tf.io import atomic_dir, atomic_write_json
+from shifter_tf.train import lottery
+from shifter_tf.config.schema import Config, load_config
+from shifter_tf.data.sets import Dataset
+from shifter_tf.data.loaders import load_dataset
+from shifter_tf.train.finetune import finetune_run, finetuned_dir, finetuned_levels
+from shifter_tf.util.io import atomic_dir, atomic_write_json
 from shifter_tf.models import import_custom_objects
-from shifter_tf.portfolio import Candidate, build_portfolio, format_table
+from shifter_tf.export.portfolio import Candidate, build_portfolio, format_table
 from shifter_tf.surgery import prune_structured
 
 
@@ -68,7 +69,7 @@ def prune_run(run: Path, force: Optional[bool] = None, data: Optional[Dataset] =
         def fill(tmp: Path, pruned=pruned, rep=rep):
             pruned.save(tmp / "model.keras")
             if cfg.surgery.keras3:   # for Keras 3 users; checked equal to the tf_keras model
-                from shifter_tf.keras3 import save_keras3
+                from shifter_tf.models.keras3 import save_keras3
                 save_keras3(pruned, tmp / KERAS3_FILE, sample[:64])
             (tmp / "report.json").write_text(json.dumps(rep, indent=2, default=str))
         atomic_dir(pruned_dir(run, level), fill)
@@ -155,7 +156,7 @@ def export_run(run: Path, data: Optional[Dataset] = None, progress: bool = True,
 def run_all(cfg: Config, out: Path, resume: bool = False,
             data: Optional[Dataset] = None) -> str:
     """Phases 1-3 and the report; returns the table of pruned variants."""
-    from shifter_tf import report
+    from shifter_tf.export import report
 
     timings = {}
     t = time.perf_counter()

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 def tiny_config(**sections):
     """A config that trains vgg_small on ~1,000 mnist5k images (all 10 classes), 1 epoch a level."""
-    from shifter_tf.config import from_dict
+    from shifter_tf.config.schema import from_dict
 
     base = {
         "name": "tiny", "seed": 1,
@@ -32,5 +32,5 @@ def tiny_config(**sections):
 
 @pytest.fixture(scope="session")
 def mnist_tiny():
-    from shifter_tf.data import load_dataset
+    from shifter_tf.data.loaders import load_dataset
     return load_dataset(tiny_config().data, seed=1)

@@ -49,7 +49,7 @@ def test_numpy_arrays_compiled_model_and_callbacks(tmp_path, mnist_tiny):
     np.testing.assert_allclose(pruned.predict(x, verbose=0), pf.model(2).predict(x, verbose=0),
                                atol=1e-4)
     k3 = pf.model(2, "pruned", keras3=True)
-    from shifter_tf.keras3 import is_keras3
+    from shifter_tf.models.keras3 import is_keras3
     assert is_keras3(k3)
     np.testing.assert_allclose(np.asarray(k3(x[:8])), pruned.predict(x[:8], verbose=0),
                                atol=1e-5)
@@ -61,7 +61,7 @@ def test_numpy_arrays_compiled_model_and_callbacks(tmp_path, mnist_tiny):
     kinds = {(v["kind"], v["precision"]) for v in manifest["variants"]}
     assert ("pruned", "int8") in kinds and ("dense", "fp32") in kinds
     # the CLI phases refuse a run whose data came from Python, in one line
-    from shifter_tf.data import DataError
+    from shifter_tf.data.sets import DataError
     with pytest.raises(DataError, match="train_portfolio"):
         shifter_tf.prune(tmp_path / "run")
 
@@ -85,7 +85,7 @@ def test_tf_data_pipeline_and_a_model_that_rescales_itself(tmp_path, mnist_tiny)
     manifest = shifter_tf.export_portfolio(pf, progress=False)
     assert manifest["task"]["normalization_source"] == "model"
     # the device feeds raw pixels: the exported dense model agrees with Keras on them
-    from shifter_tf.export import convert
+    from shifter_tf.export.convert import convert
     from ai_edge_litert.interpreter import Interpreter
     dense = pf.model(0)
     interp = Interpreter(model_content=convert(dense, "fp32"))
@@ -99,7 +99,7 @@ def test_tf_data_pipeline_and_a_model_that_rescales_itself(tmp_path, mnist_tiny)
 def test_bad_inputs_are_one_line(tmp_path, mnist_tiny):
     import tf_keras as keras
 
-    from shifter_tf.data import DataError
+    from shifter_tf.data.sets import DataError
     train = mnist_tiny.normalized("train")
     with pytest.raises(DataError, match="validation_data: required"):
         shifter_tf.train_portfolio(small_model(keras), train, out=tmp_path / "a")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from shifter_tf.config import Config, ConfigError, load_config, save_config
+from shifter_tf.config.schema import Config, ConfigError, load_config, save_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from shifter_tf.config import DataConfig
-from shifter_tf.data import DataError, load_dataset, stratified_split
+from shifter_tf.config.schema import DataConfig
+from shifter_tf.data.sets import DataError, stratified_split
+from shifter_tf.data.loaders import load_dataset
 
 
 def test_mnist5k_splits_deterministic_disjoint_stratified():

@@ -277,7 +277,7 @@ def test_cli_corrupt_image_is_named(tmp_path):
 
 # ------------------------------------------------------------------ Python API
 def test_custom_objects_load_with_unsafe(bad_models):
-    from shifter_tf.config import ModelConfig
+    from shifter_tf.config.schema import ModelConfig
     from shifter_tf.models import model_for
 
     sys.path.insert(0, str(bad_models))
@@ -292,7 +292,7 @@ def test_custom_objects_load_with_unsafe(bad_models):
 @pytest.mark.parametrize("labels, culprit", [
     ([0, 1, 10], "label(s) outside [0, 10)"), ([-1, 0, 1], "first -1"), ([], "training split")])
 def test_labels_out_of_range_or_no_training_data(labels, culprit):
-    from shifter_tf.data import DataError, Dataset, Normalization
+    from shifter_tf.data.sets import DataError, Dataset, Normalization
 
     x = np.zeros((len(labels), 4, 4, 1), np.float32)
     ok = np.zeros(2, np.int64)
@@ -312,8 +312,8 @@ def test_vgg_width_multiplier_scales_every_conv():
 
 
 def test_model_kwargs_table_matches_the_builders():
-    from shifter_tf.config import ConfigError
-    from shifter_tf.config_rules import MODEL_KWARGS
+    from shifter_tf.config.schema import ConfigError
+    from shifter_tf.config.rules import MODEL_KWARGS
     from shifter_tf.models import MODELS, build_model, builder_kwargs
 
     assert {n: builder_kwargs(b) for n, b in MODELS.items()} == MODEL_KWARGS
@@ -322,7 +322,7 @@ def test_model_kwargs_table_matches_the_builders():
 
 
 def test_export_set_overrides_the_run_config_only_for_export(tmp_path):
-    from shifter_tf.config import load_config, save_config
+    from shifter_tf.config.schema import load_config, save_config
     from shifter_tf.pipeline import run_config
 
     save_config(load_config(CONFIG), tmp_path / "config.yaml")
@@ -338,8 +338,8 @@ def test_export_set_overrides_the_run_config_only_for_export(tmp_path):
 
 
 def test_written_files_get_the_variant_files_mode(tmp_path):
-    from shifter_tf.config import Config, save_config
-    from shifter_tf.io import atomic_dir, atomic_write_json
+    from shifter_tf.config.schema import Config, save_config
+    from shifter_tf.util.io import atomic_dir, atomic_write_json
 
     old = os.umask(0o022)
     try:

@@ -5,9 +5,9 @@ import numpy as np
 import shifter_tf  # noqa: F401  (before TensorFlow)
 import tf_keras as keras
 
-from shifter_tf.data import Dataset, Normalization
-from shifter_tf.export import ConverterPool, convert
-from shifter_tf.portfolio import Candidate, build_portfolio
+from shifter_tf.data.sets import Dataset, Normalization
+from shifter_tf.export.convert import ConverterPool, convert
+from shifter_tf.export.portfolio import Candidate, build_portfolio
 from shifter_tf.surgery import prune_structured
 
 L = keras.layers

@@ -10,7 +10,7 @@ import yaml
 
 import shifter_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tf_keras
-from shifter_tf import keras3 as K3
+from shifter_tf.models import keras3
 from shifter_tf.models import ModelError, load_user_model
 
 keras = pytest.importorskip("keras")   # Keras 3 ships with TensorFlow 2.16+
@@ -70,14 +70,14 @@ def _max_diff(a, b, x):
 def test_keras3_model_converts_with_equal_outputs_and_back(build):
     k3 = _randomize(build())
     x = _images()
-    tk = K3.to_tf_keras(k3, x)
-    assert K3.is_keras3(k3) and not K3.is_keras3(tk) and isinstance(tk, tf_keras.Model)
+    tk = keras3.to_tf_keras(k3, x)
+    assert keras3.is_keras3(k3) and not keras3.is_keras3(tk) and isinstance(tk, tf_keras.Model)
     assert type(tk).__name__ == type(k3).__name__          # Sequential stays Sequential
     assert [l.name for l in tk.layers] == [l.name for l in k3.layers]
     assert tk.count_params() == k3.count_params()
     assert _max_diff(k3, tk, x) <= 1e-5
-    back = K3.to_keras3(tk)
-    assert K3.is_keras3(back) and type(back).__name__ == type(k3).__name__
+    back = keras3.to_keras3(tk)
+    assert keras3.is_keras3(back) and type(back).__name__ == type(k3).__name__
     assert _max_diff(k3, back, x) <= 1e-5
 
 
@@ -85,15 +85,15 @@ def test_unconvertible_layer_is_one_line_naming_it():
     inp = keras.Input((8, 8, 3))
     x = L.Conv2D(4, 3)(inp)
     x = L.Activation("hard_silu", name="hswish")(x)      # no tf_keras equivalent
-    with pytest.raises(K3.ConversionError) as e:
-        K3.to_tf_keras(keras.Model(inp, L.GlobalAveragePooling2D()(x)))
+    with pytest.raises(keras3.ConversionError) as e:
+        keras3.to_tf_keras(keras.Model(inp, L.GlobalAveragePooling2D()(x)))
     msg = str(e.value)
     assert "\n" not in msg and "'hswish'" in msg and "hard_silu" in msg
 
     inp = keras.Input((8, 8, 3))
     x = L.Conv2D(4, 3, name="conv")(inp)
-    with pytest.raises(K3.ConversionError) as e:      # tensor arithmetic: a keras.ops node
-        K3.to_tf_keras(keras.Model(inp, x * 2.0))
+    with pytest.raises(keras3.ConversionError) as e:      # tensor arithmetic: a keras.ops node
+        keras3.to_tf_keras(keras.Model(inp, x * 2.0))
     assert "\n" not in str(e.value) and "keras.ops" in str(e.value)
 
 
@@ -103,8 +103,8 @@ def test_layer_with_different_math_is_caught_by_the_output_check():
     inp = keras.Input((8,))
     x = L.Dense(8, name="fc")(inp)
     model = _randomize(keras.Model(inp, L.Activation("hard_sigmoid", name="hsig")(x)))
-    with pytest.raises(K3.ConversionError) as e:
-        K3.to_tf_keras(model, np.random.default_rng(0).standard_normal((8, 8)) * 4)
+    with pytest.raises(keras3.ConversionError) as e:
+        keras3.to_tf_keras(model, np.random.default_rng(0).standard_normal((8, 8)) * 4)
     msg = str(e.value)
     assert "\n" not in msg and "'hsig'" in msg and "differs" in msg
 
@@ -114,7 +114,7 @@ def test_keras3_file_loads_as_tf_keras(tmp_path, suffix):
     k3 = _randomize(_functional())
     path = tmp_path / f"k3{suffix}"
     k3.save(path)
-    assert K3.is_keras3_file(path)
+    assert keras3.is_keras3_file(path)
     tk = load_user_model(path)
     assert isinstance(tk, tf_keras.Model)
     assert _max_diff(k3, tk, _images()) <= 1e-5
@@ -145,7 +145,7 @@ def test_prune_structured_takes_and_returns_keras3():
     conv.set_weights([kernel])
     x = _images(32)
     pruned, report = prune_structured(k3, sample=x)
-    assert K3.is_keras3(pruned)
+    assert keras3.is_keras3(pruned)
     assert report.params_after < report.params_before
     assert pruned.count_params() < k3.count_params()
     assert _max_diff(k3, pruned, x) <= 1e-4 * max(1.0, float(np.max(np.abs(k3(x)))))
@@ -182,7 +182,7 @@ def test_keras3_model_through_cli_train_prune_export(tmp_path):
     manifest = json.loads((tmp_path / "run" / "portfolio" / "manifest.json").read_text())
     assert any(v["kind"] == "pruned" for v in manifest["variants"])
     reloaded = keras.saving.load_model(level / "model_keras3.keras", compile=False)
-    assert K3.is_keras3(reloaded)
+    assert keras3.is_keras3(reloaded)
     tk = tf_keras.models.load_model(level / "model.keras", compile=False, safe_mode=False)
     x = np.random.default_rng(2).standard_normal((8, 28, 28, 1)).astype("float32")
     assert _max_diff(reloaded, tk, x) <= 1e-5 * max(1.0, float(np.max(np.abs(tk(x)))))

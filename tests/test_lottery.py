@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from shifter_tf import lottery
-from shifter_tf import masks as M
-from shifter_tf.train import TrainingError
+from shifter_tf.train import lottery
+from shifter_tf.train import magnitude
+from shifter_tf.train.engine import TrainingError
 
 
 def levels_masks(run, n):
-    return [M.load_masks(lottery.level_dir(run, l) / "masks.npz") for l in range(n + 1)]
+    return [magnitude.load_masks(lottery.level_dir(run, l) / "masks.npz") for l in range(n + 1)]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_levels_hit_target_density_and_masks_are_monotone(oneshot_run):
             assert not (cur[name] & ~prev[name]).any(), f"{name}: a pruned weight came back"
     # pruned weights are zero in the saved models, kept ones are not all zero
     model = lottery.load_level_model(run, 2)
-    for name, k in M.kernels(model, ms[2]).items():
+    for name, k in magnitude.kernels(model, ms[2]).items():
         assert not k[~ms[2][name]].any()
 
 
@@ -46,7 +46,7 @@ def test_global_allocation_one_threshold_not_uniform(oneshot_run):
     ms = levels_masks(run, 2)
     for level in (1, 2):
         prev = lottery.load_level_model(run, level - 1)
-        w = M.kernels(prev, ms[level])
+        w = magnitude.kernels(prev, ms[level])
         # every kept weight is at least as large as every newly pruned one: one global threshold
         kept = np.concatenate([np.abs(w[n][ms[level][n]]) for n in w])
         dropped = np.concatenate([np.abs(w[n][ms[level - 1][n] & ~ms[level][n]]) for n in w])
@@ -60,13 +60,13 @@ def test_rewind_restores_theta_k_on_survivors(oneshot_run, mnist_tiny):
     cfg, run, _ = oneshot_run
     rewind = lottery.load_weights(run / "rewind.npz")
     prev = lottery.load_level_model(run, 1)
-    prev_masks = M.load_masks(lottery.level_dir(run, 1) / "masks.npz")
+    prev_masks = magnitude.load_masks(lottery.level_dir(run, 1) / "masks.npz")
     model = lottery.make_model(cfg, mnist_tiny)
-    names = M.prunable_layers(model)
+    names = magnitude.prunable_layers(model)
     wrapped, new_masks, *_ = lottery.prepare_level(cfg, model, names, 2, rewind, prev,
                                                   prev_masks, steps=8)
     for name in names:
-        k = M.kernel_variable(model.get_layer(name)).numpy()
+        k = magnitude.kernel_variable(model.get_layer(name)).numpy()
         theta = rewind[f"{name}/0"]
         np.testing.assert_array_equal(k[new_masks[name]], theta[new_masks[name]])
         assert not k[~new_masks[name]].any()
@@ -82,7 +82,7 @@ def test_polynomial_ramp_reaches_global_allocation(tmp_path, mnist_tiny):
     ms = levels_masks(tmp_path, 2)
     for level in (1, 2):
         prev = lottery.load_level_model(tmp_path, level - 1)
-        alloc, _ = M.global_allocation(M.kernels(prev, ms[level]), ms[level - 1],
+        alloc, _ = magnitude.global_allocation(magnitude.kernels(prev, ms[level]), ms[level - 1],
                                        0.5 ** level)
         for n in alloc:   # tfmot picked the weights; the per-layer count is the global allocation
             assert ms[level][n].sum() == pytest.approx(alloc[n].sum(), abs=1 + 0.002 * alloc[n].size)
@@ -108,7 +108,7 @@ def test_resume_continues_and_matches_uninterrupted(oneshot_run, tmp_path, mnist
 
 
 def test_resume_with_changed_config_is_refused(oneshot_run, tmp_path, mnist_tiny):
-    from shifter_tf.config import ConfigError
+    from shifter_tf.config.schema import ConfigError
     cfg, run, _ = oneshot_run
     other = tiny_config(lottery={"prune_fraction": 0.3})
     with pytest.raises(ConfigError, match="lottery.prune_fraction"):
@@ -128,7 +128,7 @@ def test_diverging_level_raises_and_keeps_earlier(tmp_path, mnist_tiny):
 
 def test_non_finite_data_is_refused_where_it_enters(mnist_tiny):
     from dataclasses import replace
-    from shifter_tf.data import DataError
+    from shifter_tf.data.sets import DataError
     x = mnist_tiny.x_train.copy()
     x[3, 5, 5, 0] = np.nan
     x[7, 0, 0, 0] = np.inf
@@ -137,7 +137,7 @@ def test_non_finite_data_is_refused_where_it_enters(mnist_tiny):
 
 
 def test_non_finite_weights_raise(mnist_tiny):
-    from shifter_tf.train import check_finite_weights
+    from shifter_tf.train.engine import check_finite_weights
     model = lottery.make_model(tiny_config(), mnist_tiny)
     check_finite_weights(model, "ok")
     bn = next(l for l in model.layers if "batch_normalization" in l.name or "bn" in l.name)
@@ -156,7 +156,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
         from conftest import tiny_config
-        from shifter_tf import lottery, train
+        from shifter_tf.train import lottery
+        from shifter_tf.train import engine as train
         cfg = tiny_config(train={{"strategy": "mirrored"}}, lottery={{"levels": 1}})
         assert train.make_strategy("mirrored").num_replicas_in_sync == 2
         res = lottery.run_lottery(cfg, {str(tmp_path)!r}, progress=False)
@@ -176,17 +177,17 @@ def test_depthwise_convs_stay_dense_and_wrapping_works():
     """tfmot 0.8 gives a DepthwiseConv2D wrapper no prunable weight (no mask to assign): such
     layers are left out of the prunable set, and the others wrap and take masks."""
     import tf_keras as keras
-    from shifter_tf import wrappers as W
+    from shifter_tf.train import wrappers
 
     i = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(i)
     x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
     model = keras.Model(i, keras.layers.Dense(2, name="fc")(keras.layers.Flatten()(x)))
-    names = M.prunable_layers(model)
+    names = magnitude.prunable_layers(model)
     assert names == ["conv", "fc"]
-    wrapped = W.wrap(model, {n: W.FixedMask(0.5) for n in names})
+    wrapped = wrappers.wrap(model, {n: wrappers.FixedMask(0.5) for n in names})
     masks = {n: np.random.default_rng(0).random(k.shape) < 0.5
-             for n, k in M.kernels(model, names).items()}
-    W.assign_masks(wrapped, masks)
-    for n, w in W.wrappers(wrapped).items():
+             for n, k in magnitude.kernels(model, names).items()}
+    wrappers.assign_masks(wrapped, masks)
+    for n, w in wrappers.wrappers(wrapped).items():
         assert (w.pruning_vars[0][1].numpy().astype(bool) == masks[n]).all()

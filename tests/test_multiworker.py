@@ -63,7 +63,7 @@ def _env(root: Path, **extra) -> dict:
 
 
 def _tf_configs(n: int) -> list[str]:
-    from shifter_tf.cluster import local_tf_configs
+    from shifter_tf.distributed.cluster import local_tf_configs
     return local_tf_configs(n)
 
 
@@ -203,7 +203,7 @@ def test_distributed_tuner_splits_trials_and_writes_one_best(setup):
                    "space": {"train.lr": {"values": [0.03, 0.05]}}}
     (root / "tune.yaml").write_text(yaml.safe_dump(cfg))
     out = root / "tuned"
-    (port,) = __import__("shifter_tf.cluster", fromlist=["x"]).free_ports(1)
+    (port,) = __import__("shifter_tf.distributed.cluster", fromlist=["x"]).free_ports(1)
     procs = []
     try:
         for tid in ("chief", "tuner1"):
@@ -243,10 +243,10 @@ def test_workers_with_different_configs_stop_in_one_line(setup):
 
 SHARD_SCRIPT = """
 import hashlib, json, sys
-from shifter_tf import cluster
+from shifter_tf.distributed import cluster
 strategy = cluster.strategy(60)
-from shifter_tf.config import DataConfig
-from shifter_tf.data import load_dataset
+from shifter_tf.config.schema import DataConfig
+from shifter_tf.data.loaders import load_dataset
 data = load_dataset(DataConfig(limit_train=256), 1)
 seen = []
 ds = data.tf_dataset("train", 32, training=True, seed=1)   # what train.fit gives Keras

@@ -10,9 +10,9 @@ from conftest import tiny_config
 import shifter_tf  # noqa: F401
 import tf_keras as keras
 
-from shifter_tf import masks as M
-from shifter_tf.config import ConfigError
-from shifter_tf.lottery import make_model
+from shifter_tf.train import magnitude
+from shifter_tf.config.schema import ConfigError
+from shifter_tf.train.lottery import make_model
 from shifter_tf.pai import PaiConfig, load_pai_config, pai_settings, prune_at_init, run_pai
 from shifter_tf.pai.reconvene import sample_batch
 from shifter_tf.pai.scores import score_masks, snip_scores, synflow
@@ -36,7 +36,7 @@ def whole_filters(mask, live_in):
 @pytest.mark.parametrize("method", ["magnitude", "random", "snip", "synflow"])
 def test_scores_finite_and_masks_hit_target_density(method, mnist_tiny):
     model = fresh_model(mnist_tiny)
-    names = M.prunable_layers(model)
+    names = magnitude.prunable_layers(model)
     x, y = sample_batch(mnist_tiny, 64, seed=0)
     masks, scores = score_masks(model, names, method, DENSITY, x=x, y=y, rounds=10)
     total = sum(m.size for m in masks.values())
@@ -58,7 +58,7 @@ def test_synflow_scores_are_conserved_per_layer(mnist_tiny):
     """Synaptic saliency conservation (Tanaka et al., Thm 1): in a bias-free homogeneous network
     every layer's SynFlow scores sum to R; a wrong R or gradient breaks the equality."""
     model = fresh_model(mnist_tiny)
-    names = M.prunable_layers(model)
+    names = magnitude.prunable_layers(model)
     _, scores = synflow(model, names, density=1.0, rounds=1)
     sums = np.array([scores[n].sum() for n in names])
     assert sums.min() > 0
@@ -82,7 +82,7 @@ def test_snip_is_grad_times_weight_and_leaves_model_untouched(mnist_tiny):
     vgg = fresh_model(mnist_tiny)   # BN moving statistics must survive SNIP's training pass
     before = vgg.get_weights()
     xb, yb = sample_batch(mnist_tiny, 64, seed=0)
-    snip_scores(vgg, M.prunable_layers(vgg), xb, yb)
+    snip_scores(vgg, magnitude.prunable_layers(vgg), xb, yb)
     for a, b_ in zip(before, vgg.get_weights()):
         np.testing.assert_array_equal(a, b_)
 
@@ -142,7 +142,7 @@ def test_rectifier_keeps_density_and_wastes_no_weight(reconvene_plan):
 
 def test_model_holds_masked_and_reinitialised_kernels(reconvene_plan):
     model, plan = reconvene_plan
-    kernels = M.kernels(model, plan.masks)
+    kernels = magnitude.kernels(model, plan.masks)
     for d in plan.layers:
         k, m = kernels[d.name], plan.masks[d.name]
         assert not k[~m].any(), f"{d.name}: pruned weights are not zero"
@@ -201,9 +201,9 @@ def test_run_writes_report_models_and_portfolio(pai_run):
 def test_trained_model_keeps_masks_and_empty_channels(pai_run):
     cfg, out, result = pai_run
     model = keras.models.load_model(out / "pai" / "model.keras", compile=False)
-    masks = M.load_masks(out / "pai" / "masks.npz")
+    masks = magnitude.load_masks(out / "pai" / "masks.npz")
     layers = {l.name: l for l in model.layers}
-    for n, k in M.kernels(model, masks).items():
+    for n, k in magnitude.kernels(model, masks).items():
         assert not k[~masks[n]].any(), f"{n}: a pruned weight trained"
     for d in result.arms[0].plan["layers"]:
         if d["converted"]:

@@ -6,8 +6,11 @@ import pytest
 
 from conftest import tiny_config
 from edge_runtime.manifest import load_manifest, validate
-from shifter_tf import lottery, pipeline, portfolio, report
-from shifter_tf.evaluate import accuracy
+from shifter_tf import pipeline
+from shifter_tf.train import lottery
+from shifter_tf.export import portfolio
+from shifter_tf.export import report
+from shifter_tf.export.evaluate import accuracy
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +140,7 @@ def test_edge_switcher_serves_the_exported_portfolio(run, mnist_tiny):
 def test_sparse_encoding_shrinks_pruned_files_without_changing_outputs(run, mnist_tiny):
     """export.sparse_encoding (on by default): zeros left inside kept filters stored sparsely."""
     import tf_keras as keras
-    from shifter_tf.export import convert
+    from shifter_tf.export.convert import convert
     from edge_runtime.interpreter import load_runner
 
     doc = json.loads((run / "portfolio" / "manifest.json").read_text())
@@ -179,7 +182,7 @@ def test_finetuned_variants_are_deployed_next_to_their_lossless_parents(run, mni
                                                                         tmp_path):
     import shutil
     import tf_keras as keras
-    from shifter_tf import finetune
+    from shifter_tf.train import finetune
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     over = {"surgery.finetune_epochs": 1, "export.precisions": ["fp32"],

@@ -8,8 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from shifter_tf.config import DataConfig
-from shifter_tf.data import DataError, Normalization, load_dataset
+from shifter_tf.config.schema import DataConfig
+from shifter_tf.data.sets import DataError, Normalization
+from shifter_tf.data.loaders import load_dataset
 
 
 def write_folder(root, per_class: int, size: int = 12, classes=("cat", "dog", "emu"), seed=0):
@@ -77,7 +78,7 @@ def test_a_file_that_is_no_image_is_named(tmp_path):
 def test_user_tf_data_batched_and_unbatched(mnist_tiny):
     import tensorflow as tf
 
-    from shifter_tf.streams import from_tf_data
+    from shifter_tf.data.streams import from_tf_data
 
     x, y = mnist_tiny.normalized("train")
     val = mnist_tiny.normalized("val")
@@ -100,9 +101,9 @@ PEAK = textwrap.dedent("""
     import json, resource, sys
     import shifter_tf
     import tf_keras as keras
-    from shifter_tf.config import DataConfig, TrainConfig
-    from shifter_tf.data import load_dataset
-    from shifter_tf import train as T
+    from shifter_tf.config.schema import DataConfig, TrainConfig
+    from shifter_tf.data.loaders import load_dataset
+    from shifter_tf.train import engine
     data = load_dataset(DataConfig(name="image_folder", path=sys.argv[1], image_size=[96, 96],
                                    val_fraction=0.1, test_fraction=0.1), seed=0)
     inp = keras.Input((96, 96, 3))
@@ -110,9 +111,9 @@ PEAK = textwrap.dedent("""
     out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h))
     model = keras.Model(inp, out)
     cfg = TrainConfig(lr=0.01, epochs=1, batch_size=64, verbose=0)
-    T.compile_model(model, cfg, T.steps_per_epoch(data, 64))
-    T.fit(model, data, cfg, seed=0, what="memory test")
-    acc = T.evaluate(model, data, "test")
+    engine.compile_model(model, cfg, engine.steps_per_epoch(data, 64))
+    engine.fit(model, data, cfg, seed=0, what="memory test")
+    acc = engine.evaluate(model, data, "test")
     print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "train": data.count("train"), "acc": acc}))
 """)

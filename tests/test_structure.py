@@ -6,14 +6,14 @@ from conftest import tiny_config
 import shifter_tf  # noqa: F401
 import tf_keras as keras
 
-from shifter_tf import lottery
-from shifter_tf import masks as M
-from shifter_tf import structure as S
+from shifter_tf.train import lottery
+from shifter_tf.train import magnitude
+from shifter_tf.train import structure
 from shifter_tf.models import build_model
 
 
 def _masks(run, level):
-    return M.load_masks(lottery.level_dir(run, level) / "masks.npz")
+    return magnitude.load_masks(lottery.level_dir(run, level) / "masks.npz")
 
 
 # ---------------------------------------------------------------- exact allocation
@@ -23,12 +23,12 @@ def test_every_layer_ends_every_level_at_exactly_its_allocation(tmp_path, schedu
     # limit 96 with batch 32: 3 steps a level, too short for tfmot's ramp to finish
     cfg = tiny_config(data={"limit_train": limit},
                       lottery={"schedule": schedule, "levels": 2, "ramp_frequency": 2})
-    from shifter_tf.data import load_dataset
+    from shifter_tf.data.loaders import load_dataset
     data = load_dataset(cfg.data, cfg.seed)
     results = lottery.run_lottery(cfg, tmp_path, data=data, progress=False)
     for level in (1, 2):
         prev = lottery.load_level_model(tmp_path, level - 1)
-        alloc, _ = M.global_allocation(M.kernels(prev, results[level].allocated),
+        alloc, _ = magnitude.global_allocation(magnitude.kernels(prev, results[level].allocated),
                                        _masks(tmp_path, level - 1), 0.5 ** level)
         got = _masks(tmp_path, level)
         for n in alloc:
@@ -37,7 +37,7 @@ def test_every_layer_ends_every_level_at_exactly_its_allocation(tmp_path, schedu
             assert not (got[n] & ~_masks(tmp_path, level - 1)[n]).any()
         # the kept weights really are non-zero and the pruned ones zero in the saved model
         model = lottery.load_level_model(tmp_path, level)
-        for n, k in M.kernels(model, got).items():
+        for n, k in magnitude.kernels(model, got).items():
             assert not k[~got[n]].any()
         assert results[level].density == pytest.approx(
             sum(int(a.sum()) for a in alloc.values()) / sum(a.size for a in alloc.values()))
@@ -45,16 +45,16 @@ def test_every_layer_ends_every_level_at_exactly_its_allocation(tmp_path, schedu
 
 def test_keep_pruned_zeroes_disallowed_weights_before_tfmot_ranks():
     model = build_model("vgg_small", (28, 28, 1), 10)
-    names = M.prunable_layers(model)
+    names = magnitude.prunable_layers(model)
     masks = {n: np.random.default_rng(0).random(k.shape) < 0.3
-             for n, k in M.kernels(model, names).items()}
+             for n, k in magnitude.kernels(model, names).items()}
     from tensorflow_model_optimization.sparsity import keras as sp
-    from shifter_tf.wrappers import wrap
+    from shifter_tf.train.wrappers import wrap
     wrapped = wrap(model, {n: sp.ConstantSparsity(0.5, 0) for n in names})
-    from shifter_tf.wrappers import KeepPruned
+    from shifter_tf.train.wrappers import KeepPruned
     cb = KeepPruned(wrapped, masks)
     cb.on_train_batch_begin(0)
-    for n, k in M.kernels(model, names).items():
+    for n, k in magnitude.kernels(model, names).items():
         assert not k[~masks[n]].any() and k[masks[n]].any()
 
 
@@ -65,31 +65,31 @@ def test_kill_filters_ranks_layer_relative_scores_globally():
     k["a"][..., 5] *= 0.01          # the weakest filter of a, relative to its layer
     k["b"][..., 2] *= 0.001         # b's weights are large, but this filter is weak for b
     m = {n: np.ones(v.shape, bool) for n, v in k.items()}
-    out, killed = S.kill_filters(k, m, fraction=2 / 12)
+    out, killed = structure.kill_filters(k, m, fraction=2 / 12)
     assert killed == {"a": 1, "b": 1}
     assert not out["a"][..., 5].any() and not out["b"][..., 2].any()
     assert out["a"].sum() == m["a"].sum() - 18
     # a layer never loses its last filter
-    out, killed = S.kill_filters(k, m, fraction=0.99, min_filters=1)
-    assert S.filter_alive(out["a"]).sum() == 1 and S.filter_alive(out["b"]).sum() == 1
+    out, killed = structure.kill_filters(k, m, fraction=0.99, min_filters=1)
+    assert structure.filter_alive(out["a"]).sum() == 1 and structure.filter_alive(out["b"]).sum() == 1
 
 
 def test_gamma_scores_filters_when_bn_follows():
     k = np.ones((3, 3, 2, 3))
-    s = S.filter_scores(k, np.ones(k.shape, bool), gamma=np.array([0.1, 1.0, -2.0]))
+    s = structure.filter_scores(k, np.ones(k.shape, bool), gamma=np.array([0.1, 1.0, -2.0]))
     np.testing.assert_allclose(s, np.array([0.1, 1.0, 2.0]) / (3.1 / 3))
 
 
 def test_channel_graph_follows_bn_relu_pool_to_readers():
     model = build_model("vgg_small", (28, 28, 1), 10)
-    names = M.prunable_layers(model)
-    g = S.channel_graph(model, names)
+    names = magnitude.prunable_layers(model)
+    g = structure.channel_graph(model, names)
     assert g.readers["block1_conv2"] == ["block2_conv1"]      # through BN, ReLU, max-pool
     assert g.readers["block3_conv2"] == ["fc"]                # through global average pool
     assert g.bn["block2_conv1"] == "block2_bn1"
-    masks = {n: np.ones(k.shape, bool) for n, k in M.kernels(model, names).items()}
+    masks = {n: np.ones(k.shape, bool) for n, k in magnitude.kernels(model, names).items()}
     masks["block1_conv2"][..., [3, 7]] = False
-    cleared = S.clear_dead_inputs(masks, g)
+    cleared = structure.clear_dead_inputs(masks, g)
     assert not cleared["block2_conv1"][:, :, [3, 7], :].any()
     assert cleared["block2_conv1"][:, :, 0, :].all()
 
@@ -110,9 +110,9 @@ def test_filter_step_kills_whole_filters_at_moderate_density(filters_run):
     assert sum(r1.zero_filters[n] for n in r1.killed_filters) >= sum(r1.killed_filters.values())
     model = lottery.load_level_model(run, 1)
     ms = _masks(run, 1)
-    g = S.channel_graph(model, list(ms))
+    g = structure.channel_graph(model, list(ms))
     for prod, bn in g.bn.items():      # a killed channel's BN is held at gamma = beta = 0
-        dead = ~S.filter_alive(ms[prod])
+        dead = ~structure.filter_alive(ms[prod])
         layer = model.get_layer(bn)
         assert not layer.gamma.numpy()[dead].any() and not layer.beta.numpy()[dead].any()
 

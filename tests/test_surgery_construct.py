@@ -7,7 +7,7 @@ import shifter_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from shifter_tf.surgery import construct as C
+from shifter_tf.surgery import construct
 from shifter_tf.surgery.weights import _own_weights
 
 L = keras.layers
@@ -22,7 +22,7 @@ def _counts(layer) -> list:
 def test_allocate_sets_what_layer_new_sets(make):
     layer = make()
     cls, cfg = type(layer), layer.get_config()
-    slow, fast = cls.__new__(cls, **dict(cfg)), C._allocate(cls, dict(cfg))
+    slow, fast = cls.__new__(cls, **dict(cfg)), construct._allocate(cls, dict(cfg))
     assert type(fast) is type(slow)
     assert sorted(vars(fast)) == sorted(vars(slow))
     assert fast._auto_get_config == slow._auto_get_config
@@ -41,7 +41,7 @@ def test_connect_makes_the_node_a_keras_call_makes():
         if fast.weights or isinstance(fast, L.Conv2D):
             fast.build(a.shape)
             slow.build(a.shape)
-        out_fast = C._connect(fast, args[0])
+        out_fast = construct._connect(fast, args[0])
         object.__setattr__(slow, "_dynamic", True)
         out_slow = slow(*args)
         object.__setattr__(slow, "_dynamic", False)
@@ -57,7 +57,7 @@ def test_connect_makes_the_node_a_keras_call_makes():
         known = make()   # the output spec given (what rebuild knows from the trace)
         if known.weights or isinstance(known, L.Conv2D):
             known.build(a.shape)
-        out_known = C._connect(known, args[0], tf.TensorSpec(out_slow.shape, out_slow.dtype))
+        out_known = construct._connect(known, args[0], tf.TensorSpec(out_slow.shape, out_slow.dtype))
         assert out_known.type_spec == out_slow.type_spec
         nk = known._inbound_nodes[-1]
         assert nk.flat_input_ids == ns.flat_input_ids and nk.call_kwargs == ns.call_kwargs
@@ -73,9 +73,9 @@ def test_take_by_runs_equals_np_take(keep):
            "prefix": np.arange(50)}[keep]
     for axis in (-1, -2, 0):
         i = idx[idx < a.shape[axis]]
-        out = C.take(a, i, axis)
+        out = construct.take(a, i, axis)
         np.testing.assert_array_equal(out, np.take(a, i, axis=axis))
-        assert out.ctypes.data % C.ALIGN == 0 and out.flags.c_contiguous
+        assert out.ctypes.data % construct.ALIGN == 0 and out.flags.c_contiguous
 
 
 def test_own_weights_are_layer_weights():

@@ -217,7 +217,7 @@ def test_unknown_tf_op_is_named_and_frozen():
 def test_fast_construction_gives_the_layers_from_config_would():
     """construct.new_layer (tracking off, objects instead of dicts, DLPack weights) builds the
     same layers as from_config + build + set_weights: config, weights, trackable children."""
-    from shifter_tf.surgery import construct as C
+    from shifter_tf.surgery import construct
     inp = keras.Input((8, 8, 4))
     a = L.ZeroPadding2D(((1, 0), (0, 1)))(L.Conv2D(6, 3, use_bias=False, activation="relu",
                                                     kernel_regularizer="l2")(inp))
@@ -230,15 +230,15 @@ def test_fast_construction_gives_the_layers_from_config_would():
     x = L.Subtract()([x, L.Dense(18, bias_initializer="ones")(g)])
     model = keras.Model(inp, L.Dense(3)(L.Flatten()(L.GlobalMaxPooling2D(keepdims=True)(x))))
     for layer in model.layers:
-        if not C._fast_class(type(layer)) or not layer.built:
+        if not construct._fast_class(type(layer)) or not layer.built:
             continue
         inputs = layer.input
-        fast = C.new_layer(layer, {}, layer.name + "_fast")
-        values = {v.name.split("/")[-1].split(":")[0]: C.multiply(v.numpy(), 1.0)
+        fast = construct.new_layer(layer, {}, layer.name + "_fast")
+        values = {v.name.split("/")[-1].split(":")[0]: construct.multiply(v.numpy(), 1.0)
                   for v in layer.weights}
         if values:
-            C.build_with_values(fast, inputs, values)
-        C.finish(fast)
+            construct.build_with_values(fast, inputs, values)
+        construct.finish(fast)
         fast(inputs)
         slow = type(layer).from_config({**layer.get_config(), "name": layer.name + "_fast"})
         slow(inputs)

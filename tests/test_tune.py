@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from conftest import tiny_config
-from shifter_tf import tune
-from shifter_tf.config import ConfigError, load_config
+from shifter_tf.tune import search as tune
+from shifter_tf.config.schema import ConfigError, load_config
 
 SPACE = {
     "train.lr": {"min": 0.01, "max": 0.1, "sampling": "log"},
@@ -230,7 +230,7 @@ def test_each_algorithm_searches_and_keeps_the_best(algorithm, tmp_path, mnist_t
 
 
 def test_all_trials_failing_is_a_training_error(tmp_path, mnist_tiny, monkeypatch):
-    from shifter_tf.train import TrainingError
+    from shifter_tf.train.engine import TrainingError
 
     def boom(*a, **k):
         raise RuntimeError("diverged")

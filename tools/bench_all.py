@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from shifter_tf.io import atomic_write_json  # noqa: E402  (no TensorFlow import)
+from shifter_tf.util.io import atomic_write_json  # noqa: E402  (no TensorFlow import)
 
 TOOLS = ROOT / "tools"
 DEFAULT_CONFIG = "configs/mnist5k_vgg.yaml"

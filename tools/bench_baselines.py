@@ -13,13 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import shifter_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from shifter_tf import lottery
-from shifter_tf import train as T
-from shifter_tf.config import load_config
-from shifter_tf.data import load_dataset
-from shifter_tf.evaluate import accuracy
-from shifter_tf.export import convert
-from shifter_tf.io import atomic_write_bytes, atomic_write_json
+from shifter_tf.train import lottery
+from shifter_tf.train import engine as T
+from shifter_tf.config.schema import load_config
+from shifter_tf.data.loaders import load_dataset
+from shifter_tf.export.evaluate import accuracy
+from shifter_tf.export.convert import convert
+from shifter_tf.util.io import atomic_write_bytes, atomic_write_json
 from shifter_tf.models import build_model
 from shifter_tf.surgery import count_params_and_macs
 

@@ -27,7 +27,7 @@ with density d_l after global allocation: keep the ceil(F_l * d_l**alpha) filter
 norm, then re-run the global allocation inside the kept filters so the overall density is exactly
 1/ratio. Such checkpoints are for structure, size and speed only, never for accuracy.
 
-Conversion: `shifter_tf.export.convert(model, "fp32", sparse=...)`, what `shifter-tf export`
+Conversion: `shifter_tf.export.convert.convert(model, "fp32", sparse=...)`, what `shifter-tf export`
 ships. Synthetic checkpoints use the frozen-graph path by default (another ≈3x; same ops and weights, tensor order differs, no
 signature def), every variant of a model through the same path; `--converter module` switches.
 """
@@ -53,13 +53,13 @@ import shifter_tf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlo
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from shifter_tf import masks as M  # noqa: E402
-from shifter_tf.export import convert  # noqa: E402
-from shifter_tf.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from shifter_tf.train import magnitude as M  # noqa: E402
+from shifter_tf.export.convert import convert  # noqa: E402
+from shifter_tf.util.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from shifter_tf.models import build_model, iter_layers  # noqa: E402
 from shifter_tf.surgery import count_params_and_macs, prune_structured  # noqa: E402
-from shifter_tf.surgery.ir import trace  # noqa: E402
-from shifter_tf.surgery.metrics import ir_macs  # noqa: E402
+from shifter_tf.graph.ir import trace  # noqa: E402
+from shifter_tf.graph.metrics import ir_macs  # noqa: E402
 
 RATIOS = (2, 4, 8, 16, 32, 64, 128, 256)
 SHAPES = {"vgg16": ((32, 32, 3), 10), "resnet56": ((32, 32, 3), 10)}
@@ -68,7 +68,7 @@ VARIANTS = ("pruned", "pruned_sparse", "tfmot_sparse", "sparse")
 
 # ------------------------------------------------------------------------------ measurements
 def convert_fp32(model: keras.Model, sparse: bool = False, path: str = "module") -> bytes:
-    """path="module": `shifter_tf.export.convert(model, "fp32", sparse=sparse)` itself.
+    """path="module": `shifter_tf.export.convert.convert(model, "fp32", sparse=sparse)` itself.
 
     path="frozen": the batch-1 function with its variables
     frozen to constants, no SavedModel step: the same converter settings, ops and weights; the
@@ -222,9 +222,9 @@ def run_trained(run: Path, out: Path) -> dict:
     import tensorflow_model_optimization as tfmot
 
     from edge_runtime.manifest import load_manifest, read_variant_file
-    from shifter_tf import lottery
-    from shifter_tf.data import load_dataset
-    from shifter_tf.evaluate import accuracy
+    from shifter_tf.train import lottery
+    from shifter_tf.data.loaders import load_dataset
+    from shifter_tf.export.evaluate import accuracy
     from shifter_tf.pipeline import pruned_dir, run_config
 
     cfg = run_config(run)
@@ -305,7 +305,7 @@ def main(argv=None) -> int:
     s.add_argument("--alpha", type=float, default=0.25)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--converter", choices=["frozen", "module"], default="frozen",
-                   help="frozen: fastest; module: shifter_tf.export.convert itself")
+                   help="frozen: fastest; module: shifter_tf.export.convert.convert itself")
     s.add_argument("--out", required=True)
     t = sub.add_parser("trained")
     t.add_argument("--run", required=True)

@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from edge_runtime.interpreter import get_backend, load_runner  # noqa: E402
-from shifter_tf.io import atomic_write_json  # noqa: E402  (numpy only: no TensorFlow import)
+from shifter_tf.util.io import atomic_write_json  # noqa: E402  (numpy only: no TensorFlow import)
 
 
 def _q(xs, q) -> float:

@@ -153,7 +153,7 @@ def channels_per_layer(model) -> dict:
 
 # ---------------------------------------------------------------------------------- fine-tuning
 def make_schedule(recipe: dict, steps_per_epoch: int):
-    """Linear warm-up to lr, then x gamma at each milestone: shifter_tf.train.WarmupPiecewise."""
+    """Linear warm-up to lr, then x gamma at each milestone: shifter_tf.train.engine.WarmupPiecewise."""
     import tensorflow as tf
 
     class WarmupPiecewise(tf.keras.optimizers.schedules.LearningRateSchedule):

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from shifter_tf.io import atomic_write_json  # noqa: E402  (no TensorFlow import)
+from shifter_tf.util.io import atomic_write_json  # noqa: E402  (no TensorFlow import)
 
 # Ablation against the config's recipe: the paper's plain IMP, and each of our switches alone.
 DEFAULT_ARMS = ["paper=lottery.structure=none,lottery.rewind=weights",
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     out, run = Path(args.out).resolve(), Path(args.run).resolve()
     (out / "raw").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from shifter_tf.config import load_config
+    from shifter_tf.config.schema import load_config
     cfg = load_config(args.config)
     level_epochs = cfg.train.epochs
     run_epochs = (cfg.lottery.dense_epochs or level_epochs) + level_epochs * cfg.lottery.levels
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     lat = _latency_rows(time_points(points, dense["id"], out, args.rounds))
     for p in points:
         p.update({"ms": lat[p["id"]]["ms"], "speedup": lat[p["id"]]["speedup"]})
-    from shifter_tf.data import load_dataset
+    from shifter_tf.data.loaders import load_dataset
     test_size = len(load_dataset(cfg.data, cfg.seed).y_test)
     doc = {"run": str(run), "config": args.config, "level_epochs": level_epochs,
            "test_size": test_size,

@@ -21,7 +21,7 @@ for _p in (ROOT, ROOT / "tools"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from shifter_tf.io import atomic_write_json, atomic_write_text  # noqa: E402
+from shifter_tf.util.io import atomic_write_json, atomic_write_text  # noqa: E402
 from bench_numbers import (LABELS, PAPER, PAPER_RECIPE, VARIANTS,  # noqa: E402
                            _med, assemble)
 
@@ -188,7 +188,7 @@ def render_family(a, fam: str, f: dict) -> None:
         a(f"**{f['label']}**. Accuracy: top-1 of each TFLite file on the "
           f"{f.get('test_samples')} held-out test images. (a), (c), (d) are the portfolio's own "
           "files (sha256-checked); (a+) and (b) are converted here with "
-          "shifter_tf.export.convert.\n")
+          "shifter_tf.export.convert.convert.\n")
     trained = f["kind"] == "trained"
     a("Size (fp32 TFLite bytes; gzip in brackets):\n")
     hdr = ["CR", "density", "zero filters" + ("" if trained else " (by magnitude alone)"),

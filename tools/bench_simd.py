@@ -23,14 +23,14 @@ for _p in (ROOT, ROOT / "tools"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from shifter_tf.io import atomic_write_json  # noqa: E402
+from shifter_tf.util.io import atomic_write_json  # noqa: E402
 
 MULTIPLES = (1, 4, 8)
 
 
 def layouts(run: Path, levels: list[int]) -> dict[str, list]:
     """VGG cfg lists (ints and "M") of the alive widths of `levels`, from the zoo's cfg."""
-    from shifter_tf.config import load_config
+    from shifter_tf.config.schema import load_config
     from shifter_tf.models.vgg import CFGS
     cfg = load_config(run / "config.yaml")
     base = CFGS[cfg.model.name]
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
     import shifter_tf  # noqa: F401
-    from shifter_tf.config import load_config
-    from shifter_tf.export import convert
+    from shifter_tf.config.schema import load_config
+    from shifter_tf.export.convert import convert
     from shifter_tf.models.vgg import build_vgg
 
     cfg = load_config(run / "config.yaml")
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         for m in MULTIPLES:
             ws = [v if v == "M" else int(math.ceil(v / m) * m) for v in layout]
             if shape is None:
-                from shifter_tf.data import load_dataset
+                from shifter_tf.data.loaders import load_dataset
                 shape = load_dataset(cfg.data, cfg.seed).input_shape
             model = build_vgg(ws, shape, 10)
             path = work / f"{name}_x{m}.tflite"

@@ -127,7 +127,7 @@ def demo_candidates(shape: tuple, classes: int, levels: int = 8, fraction: float
     pruned x4 = 44 variants) from an untrained `vgg_small`: level l keeps (1-fraction)^l of
     the weights by global magnitude, plus l*4 % of every conv's filters zeroed (what IMP
     training kills), then prune_structured. Weights are random; the timing is the point."""
-    from shifter_tf.portfolio import Candidate
+    from shifter_tf.export.portfolio import Candidate
 
     keras.utils.set_random_seed(seed)
     dense = build_model("vgg_small", shape, classes)
@@ -184,9 +184,9 @@ def bench_export(workers: Optional[int], levels: int = 8, seed: int = 0) -> dict
     """Export time of a demo-shaped portfolio (8 levels: the 44 variants issue 17 timed),
     serial and in parallel, and whether every file is byte-identical between the two."""
     import tempfile
-    from shifter_tf.config import load_config
-    from shifter_tf.data import load_dataset
-    from shifter_tf.portfolio import build_portfolio
+    from shifter_tf.config.schema import load_config
+    from shifter_tf.data.loaders import load_dataset
+    from shifter_tf.export.portfolio import build_portfolio
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "mnist5k_vgg.yaml")
     data = load_dataset(cfg.data, cfg.seed)
@@ -195,7 +195,7 @@ def bench_export(workers: Optional[int], levels: int = 8, seed: int = 0) -> dict
     ex = cfg.export
     kw = dict(threads=ex.threads, runs=ex.latency_runs, warmup=ex.latency_warmup,
               representative=ex.representative_samples, progress=False)
-    from shifter_tf.export import default_workers
+    from shifter_tf.export.convert import default_workers
     res: dict = {"variants": sum(len(c.precisions) for c in cands), "cpus": os.cpu_count(),
                  "default_workers_now": default_workers()}
     workers = workers if workers is not None else (os.cpu_count() or 1) - 1

@@ -5,7 +5,7 @@ Peers that live in environments of their own (Sony's model-compression-toolkit n
 holding everything they need, exactly as the pipeline sees it:
 
 - x_train, y_train, x_val, y_val, x_test, y_test: raw pixels (float32, 0..255) and int64 labels
-  from `shifter_tf.data.load_dataset(cfg.data, cfg.seed)`;
+  from `shifter_tf.data.loaders.load_dataset(cfg.data, cfg.seed)`;
 - norm_scale, norm_mean, norm_std: x_model = (x_raw * scale - mean) / std;
 - model_json: the dense model's architecture (tf_keras `to_json()` less the keywords Keras 2.15
   does not know, so its `model_from_json` rebuilds it); weight_0 ... weight_{n-1} (num_weights
@@ -51,8 +51,8 @@ def keras2_json(model) -> str:
 def export(run: Path, config: Path, out: Path) -> dict:
     import shifter_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
     import tf_keras as keras
-    from shifter_tf.config import load_config
-    from shifter_tf.data import load_dataset
+    from shifter_tf.config.schema import load_config
+    from shifter_tf.data.loaders import load_dataset
 
     model_path = run / "levels" / "level_00" / "model.keras"
     if not model_path.is_file():

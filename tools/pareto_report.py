@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from shifter_tf.io import atomic_write_text  # noqa: E402
+from shifter_tf.util.io import atomic_write_text  # noqa: E402
 
 ACC_SLACK, LAT_SLACK = 0.005, 1.1
 

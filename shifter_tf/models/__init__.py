@@ -12,11 +12,12 @@ from typing import Callable, Sequence
 import shifter_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tf_keras as keras
 
-from shifter_tf.config import ConfigError, ModelConfig
-from shifter_tf.config_rules import MODEL_KWARGS
+from shifter_tf.config.schema import ModelConfig
+from shifter_tf.errors import ConfigError
+from shifter_tf.config.rules import MODEL_KWARGS
 from shifter_tf.models import resnet, vgg
-from shifter_tf.models.user import (ModelError, check_model_fits, import_custom_objects,
-                                    load_user_model)
+from shifter_tf.models.user import check_model_fits, import_custom_objects, load_user_model
+from shifter_tf.errors import ModelError
 
 Builder = Callable[..., keras.Model]
 

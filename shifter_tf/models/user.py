@@ -13,12 +13,10 @@ from typing import Any, Iterable, Optional, Sequence
 
 import shifter_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tf_keras as keras
+from shifter_tf.errors import ModelError  # noqa: F401 (raised here)
 
 UNSAFE_HINT = "set model.unsafe: true (unsafe=True in Python) only if you trust this file"
 
-
-class ModelError(ValueError):
-    """A model name, file or layer that cannot be used, with the reason."""
 
 
 def import_custom_objects(specs: Iterable[str], unsafe: bool = False) -> dict[str, Any]:
@@ -135,7 +133,7 @@ def load_user_model(path: str | Path, unsafe: bool = False,
                     custom_objects: Iterable[str] = ()) -> keras.Model:
     """Load a user's `.keras` / `.h5` model; Lambda layers are refused unless `unsafe=True`.
     A file saved by Keras 3 is loaded with Keras 3 and converted to tf_keras
-    (`shifter_tf.keras3.load_any`; outputs checked equal).
+    (`shifter_tf.models.keras3.load_any`; outputs checked equal).
 
     Keras' safe mode refuses to deserialise Lambda bytecode in `.keras` files; `.h5` files have no
     safe mode, so we inspect the layers ourselves and refuse there too. `custom_objects` are
@@ -149,7 +147,7 @@ def load_user_model(path: str | Path, unsafe: bool = False,
     import_custom_objects(custom_objects, unsafe)
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: not a readable Keras model file (empty)")
-    from shifter_tf import keras3
+    from shifter_tf.models import keras3
     config = _saved_config(path)   # a corrupt file fails here, with its own line
     k3 = keras3.is_keras3_file(path)
     _check_classes(path, config, unsafe, keras3=k3)

@@ -9,14 +9,11 @@ train once with tfmot holding the masks, then rewrite (`shifter_tf.surgery`) and
 
 Modules: `settings` (PaiConfig), `scores` (PaI scores), `reconvene` (sensitivity, conversion,
 rectifier), `run` (training, rewrite, export, the run folder).
+May import: config, data, models, graph, train, surgery, export (a runner over the phases).
 """
-from shifter_tf.pai.reconvene import LayerDecision, PaiPlan, prune_at_init
-from shifter_tf.pai.run import ArmResult, PaiResult, run_arm, run_pai, train_masked
-from shifter_tf.pai.scores import PaiError, linearize, score_masks, snip_scores, synflow
-from shifter_tf.pai.settings import (METHODS, PaiConfig, load_pai_config, pai_settings,
-                                     settings_from)
+from shifter_tf.pai.reconvene import PaiPlan, prune_at_init
+from shifter_tf.pai.run import PaiResult, run_pai
+from shifter_tf.pai.settings import METHODS, PaiConfig, load_pai_config, pai_settings
 
-__all__ = ["PaiConfig", "PaiPlan", "PaiResult", "ArmResult", "LayerDecision", "PaiError",
-           "METHODS", "run_pai", "run_arm", "prune_at_init", "train_masked", "score_masks",
-           "snip_scores", "synflow", "linearize", "load_pai_config", "pai_settings",
-           "settings_from"]
+__all__ = ["PaiConfig", "PaiPlan", "PaiResult", "METHODS", "run_pai", "prune_at_init",
+           "load_pai_config", "pai_settings"]

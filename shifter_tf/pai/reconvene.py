@@ -29,9 +29,10 @@ import shifter_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from shifter_tf import masks as M
+from shifter_tf.train import magnitude
 from shifter_tf.models import iter_layers
-from shifter_tf.pai.scores import PaiError, Scores, _keep_state, linearize, score_masks
+from shifter_tf.pai.scores import Scores, _keep_state, linearize, score_masks
+from shifter_tf.errors import PaiError
 from shifter_tf.pai.settings import PaiConfig
 
 L = keras.layers
@@ -66,7 +67,7 @@ class PaiPlan:
     structured: bool
     target_density: float
     density: float
-    masks: M.Masks
+    masks: magnitude.Masks
     dead: dict                      # prunable layer -> bool[out channels] that carry nothing
     layers: list[LayerDecision]
     timings: dict                   # seconds: linearize, score, sensitivity, convert, rectify
@@ -143,13 +144,13 @@ class Liveness:
 
     def __init__(self, lin: keras.Model, layers: dict, names: list[str]):
         self.names, self.layers = names, layers
-        self.kvars = [M.kernel_variable(lin.get_layer(n)) for n in names]
+        self.kvars = [magnitude.kernel_variable(lin.get_layer(n)) for n in names]
         probe = keras.Model(lin.inputs, [lin.get_layer(n).input for n in names])
         ones = [tf.ones((1, *t.shape[1:]), tf.float64) for t in lin.inputs]
         self._run = tf.function(lambda: probe(ones if len(ones) > 1 else ones[0],
                                               training=False))
 
-    def __call__(self, masks: M.Masks) -> dict[str, np.ndarray]:
+    def __call__(self, masks: magnitude.Masks) -> dict[str, np.ndarray]:
         for n, v in zip(self.names, self.kvars):
             v.assign(masks[n] / max(_fan_in(masks[n].shape, self.layers[n]), 1))
         acts = self._run()
@@ -189,12 +190,12 @@ class _LossProbe:
     """Loss of the masked network on a fixed batch, BN on batch statistics, state restored."""
 
     def __init__(self, model: keras.Model, layers: dict, names: list[str], x, y):
-        self.kvars = {n: M.kernel_variable(layers[n]) for n in names}
+        self.kvars = {n: magnitude.kernel_variable(layers[n]) for n in names}
         self.w0 = {n: v.numpy() for n, v in self.kvars.items()}
         self.model, self.x, self.y = model, tf.constant(x, tf.float32), y
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    def __call__(self, masks: M.Masks) -> float:
+    def __call__(self, masks: magnitude.Masks) -> float:
         for n, v in self.kvars.items():
             v.assign(self.w0[n] * masks[n])
         return float(self.loss(self.y, self.model(self.x, training=True)))
@@ -229,7 +230,7 @@ def reinitialise(layer, mask: np.ndarray, live_in: np.ndarray, rng: np.random.Ge
             bad = np.abs(w) > 2 * std
     else:
         w = rng.normal(0.0, math.sqrt(var), shape)
-    M.kernel_variable(layer).assign((w * mask).astype(np.float32))
+    magnitude.kernel_variable(layer).assign((w * mask).astype(np.float32))
     return True
 
 
@@ -273,7 +274,7 @@ def prune_at_init(model: keras.Model, s: PaiConfig, data=None, seed: int = 0) ->
     start = time.perf_counter()
     layers = {l.name: l for l in iter_layers(model)}
     try:
-        names = M.prunable_layers(model, s.exclude_classifier, s.exclude_layers)
+        names = magnitude.prunable_layers(model, s.exclude_classifier, s.exclude_layers)
     except ValueError as e:
         raise PaiError(str(e).replace("lottery.exclude_layers", "pai.exclude_layers")) from None
     x = y = None
@@ -307,7 +308,7 @@ def prune_at_init(model: keras.Model, s: PaiConfig, data=None, seed: int = 0) ->
         d.dead_inputs = int((~live_in[n]).sum())
         dead[n] = ~_live_out(layers[n], masks[n], live_in[n])
         d.dead_filters = int(dead[n].sum())
-        v = M.kernel_variable(layers[n])
+        v = magnitude.kernel_variable(layers[n])
         v.assign(v.numpy() * masks[n])
     total = sum(m.size for m in masks.values())
     return PaiPlan(s.method, s.structured, s.density,
@@ -385,7 +386,7 @@ def _reconvene(model, layers, names, masks, scores: Scores, s: PaiConfig, decisi
     timings["rectify"] = time.perf_counter() - mark
 
 
-def _top_up(layers, names: list[str], masks: M.Masks, scores: Scores, live_in: dict,
+def _top_up(layers, names: list[str], masks: magnitude.Masks, scores: Scores, live_in: dict,
             target: int, decisions: dict) -> None:
     """Add the best-scoring free live positions of the unconverted layers `names` (one global
     ranking) until `target` weights are kept; what conversion rounding and dead channels took

@@ -22,31 +22,32 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from shifter_tf import masks as M
-from shifter_tf import train as T
-from shifter_tf.config import Config, save_config
-from shifter_tf.data import Dataset, load_dataset
-from shifter_tf.io import atomic_dir, atomic_save, atomic_write_json
-from shifter_tf.lottery import make_model
-from shifter_tf.wrappers import FixedMask, assign_masks, wrap, wrappers
+from shifter_tf.train import magnitude
+from shifter_tf.train import engine
+from shifter_tf.config.schema import Config, save_config
+from shifter_tf.data.sets import Dataset
+from shifter_tf.data.loaders import load_dataset
+from shifter_tf.util.io import atomic_dir, atomic_save, atomic_write_json
+from shifter_tf.train.lottery import make_model
+from shifter_tf.train.wrappers import FixedMask, assign_masks, wrap, wrappers
 from shifter_tf.pai.reconvene import PaiPlan, prune_at_init
-from shifter_tf.pai.scores import PaiError
+from shifter_tf.errors import PaiError
 from shifter_tf.pai.settings import PaiConfig, pai_settings, settings_from
-from shifter_tf.structure import HoldDeadChannels, hold_pairs
+from shifter_tf.train.structure import HoldDeadChannels, hold_pairs
 
 sparsity = tfmot.sparsity.keras
 
 
 # ---------------------------------------------------------------- training with fixed masks
 def train_masked(cfg: Config, data: Dataset, model: keras.Model, plan: PaiPlan, what: str
-                 ) -> tuple[keras.Model, T.FitResult]:
+                 ) -> tuple[keras.Model, engine.FitResult]:
     """One training run with tfmot holding `plan.masks` fixed; returns the stripped model."""
     schedules = {n: FixedMask(1.0 - float(m.mean())) for n, m in plan.masks.items()}
     hold = HoldDeadChannels(hold_pairs(model, plan.dead))
     wrapped = wrap(model, schedules)
     assign_masks(wrapped, plan.masks)
-    T.compile_model(wrapped, cfg.train, T.steps_per_epoch(data, cfg.train.batch_size))
-    fit = T.fit(wrapped, data, cfg.train, seed=cfg.seed, what=what,
+    engine.compile_model(wrapped, cfg.train, engine.steps_per_epoch(data, cfg.train.batch_size))
+    fit = engine.fit(wrapped, data, cfg.train, seed=cfg.seed, what=what,
                 callbacks=[sparsity.UpdatePruningStep(), hold])
     for name, w in wrappers(wrapped).items():
         if not np.array_equal(w.pruning_vars[0][1].numpy().astype(bool), plan.masks[name]):
@@ -107,7 +108,7 @@ def export_hook(cfg: Config, data: Dataset, folder: Path, sparse: keras.Model,
     """TFLite portfolio of the sparse (fp32 reference) and rewritten model; [] if the exporter
     is not installed."""
     try:
-        from shifter_tf.portfolio import Candidate, build_portfolio
+        from shifter_tf.export.portfolio import Candidate, build_portfolio
     except ImportError as e:
         notes.append(f"TFLite export skipped: {e}")
         return []
@@ -131,18 +132,18 @@ def export_hook(cfg: Config, data: Dataset, folder: Path, sparse: keras.Model,
 def run_arm(cfg: Config, data: Dataset, s: PaiConfig, folder: Path, label: str,
             progress: bool = True) -> ArmResult:
     """Prune at init with `s`, train once, rewrite and export into `folder`."""
-    strategy = T.make_strategy(cfg.train.strategy)
+    strategy = engine.make_strategy(cfg.train.strategy)
     keras.utils.set_random_seed(cfg.seed)   # every arm starts from the same initial weights
     with strategy.scope():
         model = make_model(cfg, data)
         plan = prune_at_init(model, s, data, seed=cfg.seed)
         sparse, fit = train_masked(cfg, data, model, plan, what=f"pai {label}")
     res = ArmResult(label, str(folder), plan.to_dict(), fit.seconds, cfg.train.epochs,
-                    T.evaluate(sparse, data, "val"), T.evaluate(sparse, data, "test"),
+                    engine.evaluate(sparse, data, "val"), engine.evaluate(sparse, data, "test"),
                     history={k: [float(v) for v in vs] for k, vs in fit.history.items()})
     folder.mkdir(parents=True, exist_ok=True)
     atomic_save(folder / "model.keras", sparse.save)
-    M.save_masks(folder / "masks.npz", plan.masks)
+    magnitude.save_masks(folder / "masks.npz", plan.masks)
     pruned, res.surgery = _surgery(cfg, data, sparse, folder, res.notes)
     if s.export:
         res.variants = export_hook(cfg, data, folder, sparse, pruned, plan.density, label,

@@ -14,26 +14,24 @@ import shifter_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from shifter_tf import masks as M
+from shifter_tf.train import magnitude
 from shifter_tf.models import iter_layers
+from shifter_tf.errors import PaiError  # noqa: F401 (raised here)
 
 Scores = dict[str, np.ndarray]
 
 
-class PaiError(RuntimeError):
-    """Pruning at initialisation that cannot be done; says which model/layer and why."""
-
 
 def magnitude_scores(model: keras.Model, names: list[str]) -> Scores:
     """|w| at initialisation."""
-    return {n: np.abs(k) for n, k in M.kernels(model, names).items()}
+    return {n: np.abs(k) for n, k in magnitude.kernels(model, names).items()}
 
 
 def random_scores(model: keras.Model, names: list[str], seed: int = 0) -> Scores:
     """Uniform random scores: the random-pruning baseline (per-layer density follows global
     allocation, i.e. uniform in expectation)."""
     rng = np.random.default_rng(seed)
-    return {n: rng.random(k.shape) for n, k in M.kernels(model, names).items()}
+    return {n: rng.random(k.shape) for n, k in magnitude.kernels(model, names).items()}
 
 
 def _keep_state(model: keras.Model):
@@ -50,7 +48,7 @@ def snip_scores(model: keras.Model, names: list[str], x: np.ndarray, y: np.ndarr
     that this updates are restored afterwards.
     """
     layers = {l.name: l for l in iter_layers(model)}
-    kvars = [M.kernel_variable(layers[n]) for n in names]
+    kvars = [magnitude.kernel_variable(layers[n]) for n in names]
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
     grads = [np.zeros(v.shape, np.float64) for v in kvars]
     restore = _keep_state(model)
@@ -102,7 +100,7 @@ class _Flow:
 
     def __init__(self, lin: keras.Model, names: list[str]):
         self.lin = lin
-        self.kvars = [M.kernel_variable(lin.get_layer(n)) for n in names]
+        self.kvars = [magnitude.kernel_variable(lin.get_layer(n)) for n in names]
         self.names = names
         self.ones = [tf.ones((1, *t.shape[1:]), tf.float64) for t in lin.inputs]
 
@@ -114,7 +112,7 @@ class _Flow:
             return r, tape.gradient(r, self.kvars)
         self._grad = grad
 
-    def set_kernels(self, abs0: Scores, masks: M.Masks) -> None:
+    def set_kernels(self, abs0: Scores, masks: magnitude.Masks) -> None:
         for n, v in zip(self.names, self.kvars):
             v.assign(abs0[n] * masks[n])
 
@@ -127,14 +125,14 @@ class _Flow:
 
 
 def synflow(model: keras.Model, names: list[str], density: float, rounds: int = 100,
-            lin: Optional[keras.Model] = None) -> tuple[M.Masks, Scores]:
+            lin: Optional[keras.Model] = None) -> tuple[magnitude.Masks, Scores]:
     """SynFlow (Tanaka et al. 2020): data-free, iterative; round k keeps density**(k/rounds).
 
     Returns the final masks and the last round's scores (see `_Flow.scores`).
     """
     lin = lin or linearize(model)
     flow = _Flow(lin, names)
-    abs0 = {n: np.abs(k).astype(np.float64) for n, k in M.kernels(model, names).items()}
+    abs0 = {n: np.abs(k).astype(np.float64) for n, k in magnitude.kernels(model, names).items()}
     masks = {n: np.ones(k.shape, bool) for n, k in abs0.items()}
     scores: Scores = {}
     for k in range(1, rounds + 1):
@@ -143,7 +141,7 @@ def synflow(model: keras.Model, names: list[str], density: float, rounds: int = 
         if not np.isfinite(r) or r <= 0:
             raise PaiError(f"{model.name}: SynFlow's R became {r} in round {k}; the network "
                            "has no path left from input to output at this density")
-        masks, _ = M.global_allocation(scores, masks, density ** (k / rounds))
+        masks, _ = magnitude.global_allocation(scores, masks, density ** (k / rounds))
     flow.set_kernels(abs0, masks)
     _, scores = flow.scores(abs0)
     return masks, scores
@@ -153,7 +151,7 @@ def synflow(model: keras.Model, names: list[str], density: float, rounds: int = 
 def score_masks(model: keras.Model, names: list[str], method: str, density: float, *,
                 x: Optional[np.ndarray] = None, y: Optional[np.ndarray] = None,
                 rounds: int = 100, seed: int = 0, lin: Optional[keras.Model] = None
-                ) -> tuple[M.Masks, Scores]:
+                ) -> tuple[magnitude.Masks, Scores]:
     """Score the prunable kernels `names` with `method` and keep `density` of them globally."""
     if method == "synflow":
         masks, scores = synflow(model, names, density, rounds, lin)
@@ -169,7 +167,7 @@ def score_masks(model: keras.Model, names: list[str], method: str, density: floa
         else:
             raise PaiError(f"unknown pruning-at-init method {method!r}")
         ones = {n: np.ones(s.shape, bool) for n, s in scores.items()}
-        masks, _ = M.global_allocation(scores, ones, density)
+        masks, _ = magnitude.global_allocation(scores, ones, density)
     for n, s in scores.items():
         if not np.all(np.isfinite(s)):
             raise PaiError(f"{method} scores of layer {n} are not finite")

@@ -1,13 +1,14 @@
 """Settings of a Reconvene / pruning-at-initialisation run: the `pai:` section of a config
-(`shifter_tf.config.PaiConfig`), checked with the same messages as a config file."""
+(`shifter_tf.config.schema.PaiConfig`), checked with the same messages as a config file."""
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
-from shifter_tf.config import (PAI_METHODS as METHODS, Config, ConfigError, PaiConfig, _build,
-                               load_config, validate_pai)
+from shifter_tf.config.schema import (PAI_METHODS as METHODS, Config, PaiConfig, _build,
+                                      load_config, validate_pai)
+from shifter_tf.errors import ConfigError
 
 __all__ = ["METHODS", "PaiConfig", "check_settings", "pai_settings", "settings_from",
            "load_pai_config"]

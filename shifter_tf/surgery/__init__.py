@@ -6,9 +6,9 @@ smaller dense model (DNNShifter, stage 2).
     print(report.summary()); json.dump(report.to_dict(), f)
 
 What happens:
-1. `ir` flattens the model (Sequential, functional, nested functional models are inlined).
+1. `shifter_tf.graph.ir` flattens the model (Sequential, functional, nested functional models are inlined).
 2. `fold` folds every BatchNormalization that directly follows a Conv/Depthwise/Separable/Dense.
-3. `graph` builds the channel dependency graph (`DependencyGraph`): channel positions that must go
+3. `shifter_tf.graph` builds the channel dependency graph (`DependencyGraph`): channel positions that must go
    together form a group (residual Add, Concatenate offsets, depthwise in = out, element-wise
    layers, pooling, padding, Dropout, Flatten's H*W expansion, global pooling). Groups touching
    model inputs/outputs or layers we do not understand are frozen.
@@ -29,7 +29,7 @@ up to float rounding; "fold" removes them too, folds the interior value and mark
 approximation of the same thing). Verification with a sample decides whether "fold" is acceptable.
 
 Also per channel: Reshape that only adds/drops unit axes (squeeze-excite), merges that broadcast
-a (B, 1, 1, C) gate or a single channel, element-wise TFOpLambda ops (`tfops`: x + 3.0,
+a (B, 1, 1, C) gate or a single channel, element-wise TFOpLambda ops (`graph.tfops`: x + 3.0,
 tf.nn.relu6, x * scale with per-channel constants sliced), per-channel Rescaling and
 Normalization, grouped convolutions (a conv group's inputs and filters go together).
 
@@ -39,11 +39,13 @@ Lambda, custom layer classes, subclassed models and TFOpLambda ops outside the e
 are reused as they are (shared with the input model) and named in `report.unsupported`; nested
 models come back inlined; a shared layer is pruned consistently across its calls but never gets
 constants folded into its bias. `construct` explains how the new layers are made quickly.
+
+Phase 3. May import: config, models, graph, errors, util (never train or export).
 """
 from shifter_tf.surgery.api import build_dependency_graph, fold_batchnorm, prune_structured
-from shifter_tf.surgery.graph import ChannelGroup, DependencyGraph
-from shifter_tf.surgery.ir import SurgeryError
-from shifter_tf.surgery.metrics import count_params_and_macs
+from shifter_tf.graph.deps import ChannelGroup, DependencyGraph
+from shifter_tf.errors import SurgeryError
+from shifter_tf.graph.metrics import count_params_and_macs
 from shifter_tf.surgery.report import LayerReport, SurgeryReport
 from shifter_tf.surgery.verify import Verification
 

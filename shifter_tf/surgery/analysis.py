@@ -18,9 +18,9 @@ import numpy as np
 import shifter_tf  # noqa: F401
 import tf_keras as keras
 
-from shifter_tf.surgery import layers as K
+from shifter_tf.graph import layer_kinds
 from shifter_tf.surgery.constants import propagate_constants
-from shifter_tf.surgery.graph import DependencyGraph
+from shifter_tf.graph.deps import DependencyGraph
 from shifter_tf.surgery.readers import ReadPattern, make_reader
 
 L = keras.layers
@@ -68,7 +68,7 @@ def _sinks(graph: DependencyGraph, readers: dict, const: list, approx: list, pol
     ir = graph.ir
     sinks = []
     for call in ir.calls:
-        if graph.kinds[call.index].kind != K.PRODUCER:
+        if graph.kinds[call.index].kind != layer_kinds.PRODUCER:
             continue
         r = readers[call.index]
         t_in, t_out = call.inputs[0], call.outputs[0]
@@ -79,7 +79,7 @@ def _sinks(graph: DependencyGraph, readers: dict, const: list, approx: list, pol
             inexact = np.zeros(r.pattern.shape[0], bool)
         else:
             known = ~np.isnan(c)
-            exact_pad = K.padding_exact(call.layer, ir.tensors[t_in].shape, ir.tensors[t_out].shape)
+            exact_pad = layer_kinds.padding_exact(call.layer, ir.tensors[t_in].shape, ir.tensors[t_out].shape)
             a = approx[t_in] if approx[t_in] is not None else np.zeros(len(c), bool)
             exact = known & ~a & (exact_pad | (c == 0))
             ok = exact | (known if policy == "fold" else False)
@@ -155,7 +155,7 @@ def _analyse(graph: DependencyGraph, weights: dict, policy: str) -> Plan:
     readers = {}
     by_layer = {}
     for call in ir.calls:
-        if graph.kinds[call.index].kind == K.PRODUCER:
+        if graph.kinds[call.index].kind == layer_kinds.PRODUCER:
             if id(call.layer) not in by_layer:
                 by_layer[id(call.layer)] = make_reader(call.layer, weights[id(call.layer)])
             readers[call.index] = by_layer[id(call.layer)]
@@ -194,7 +194,7 @@ def _analyse(graph: DependencyGraph, weights: dict, policy: str) -> Plan:
         if not read.any():
             continue
         bias_delta[s.call] = r.fold(np.where(gone, c, 0.0))
-        exact_pad = K.padding_exact(call.layer, ir.tensors[t_in].shape,
+        exact_pad = layer_kinds.padding_exact(call.layer, ir.tensors[t_in].shape,
                                     ir.tensors[call.outputs[0]].shape)
         a = approx[t_in] if approx[t_in] is not None else np.zeros(len(c), bool)
         exact = bool(exact_pad and not a[read].any())

@@ -10,13 +10,14 @@ import numpy as np
 import shifter_tf  # noqa: F401
 import tf_keras as keras
 
-from shifter_tf.surgery import layers as K
-from shifter_tf.surgery import tfops
+from shifter_tf.graph import layer_kinds
+from shifter_tf.graph import tfops
 from shifter_tf.surgery.analysis import analyse
 from shifter_tf.surgery.fold import fold_batchnorm_calls
-from shifter_tf.surgery.graph import DependencyGraph
-from shifter_tf.surgery.ir import ModelIR, SurgeryError, is_graph_model, trace
-from shifter_tf.surgery.metrics import count_params_and_macs
+from shifter_tf.graph.deps import DependencyGraph
+from shifter_tf.graph.ir import ModelIR, is_graph_model, trace
+from shifter_tf.errors import SurgeryError
+from shifter_tf.graph.metrics import count_params_and_macs
 from shifter_tf.surgery.rebuild import rebuild
 from shifter_tf.surgery.report import SurgeryReport, layer_reports
 from shifter_tf.surgery.verify import compare
@@ -32,10 +33,10 @@ def classify_calls(ir: ModelIR) -> list:
         if tfops.is_tfop(call.layer) and call.node is not None:
             kind = tfops.classify(call, ins, outs)
         else:
-            kind = K.classify(call.layer, ins, outs)
-        single = kind.kind in (K.PRODUCER, K.DEPTHWISE, K.CHANNELWISE, K.FLATTEN)
+            kind = layer_kinds.classify(call.layer, ins, outs)
+        single = kind.kind in (layer_kinds.PRODUCER, layer_kinds.DEPTHWISE, layer_kinds.CHANNELWISE, layer_kinds.FLATTEN)
         if single and (len(ins) != 1 or len(outs) != 1):
-            kind = K.Kind(K.FROZEN, "called on several tensors")
+            kind = layer_kinds.Kind(layer_kinds.FROZEN, "called on several tensors")
         kinds.append(kind)
     return kinds
 
@@ -67,7 +68,7 @@ def _prepare(model, fold_bn: bool = True):
     ir = trace(model)
     kinds = classify_calls(ir)
     weights = read_weights(c.layer for c in ir.calls
-                           if kinds[c.index].kind in (K.PRODUCER, K.DEPTHWISE, K.CHANNELWISE))
+                           if kinds[c.index].kind in (layer_kinds.PRODUCER, layer_kinds.DEPTHWISE, layer_kinds.CHANNELWISE))
     folded = fold_batchnorm_calls(ir, kinds, weights) if fold_bn else {}
     return ir, kinds, weights, folded
 
@@ -101,7 +102,7 @@ def prune_structured(model, sample=None, *, inexact: str = "keep", min_agreement
       absorb it exactly): "keep" (default) keeps the channel and the model stays exact;
       "fold" removes it, folds the interior value into the bias and reports the layer inexact.
     """
-    from shifter_tf import keras3
+    from shifter_tf.models import keras3
     if keras3.is_keras3(model):
         # Keras 3 in, Keras 3 out: the rewrite itself runs on a checked tf_keras copy.
         check = sample[:batch_size] if isinstance(sample, np.ndarray) else None
@@ -166,14 +167,14 @@ def _report(model, new, graph, plan, folded, weights, new_layers, times, inexact
     rep.params_after, rep.params_nonzero_after, rep.macs_after = count_params_and_macs(new)
     rep.layers = layer_reports(graph, plan, folded, weights, new_layers, times)
     for r in rep.layers:
-        if r.kind in (K.PRODUCER, K.DEPTHWISE):
+        if r.kind in (layer_kinds.PRODUCER, layer_kinds.DEPTHWISE):
             rep.channels_before += r.channels_out_before or 0
             rep.channels_after += r.channels_out_after or 0
         if r.fold_exact is False:
             rep.inexact_layers.append(r.name)
-        if r.kind == K.OPAQUE:
+        if r.kind == layer_kinds.OPAQUE:
             rep.unsupported.append(r.name)
-        elif r.kind == K.FROZEN:
+        elif r.kind == layer_kinds.FROZEN:
             rep.frozen_layers[r.name] = r.frozen
         rep.kept_for_exactness += r.kept_for_exactness
     rep.exact = not rep.inexact_layers

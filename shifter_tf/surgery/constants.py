@@ -10,10 +10,10 @@ import numpy as np
 import shifter_tf  # noqa: F401
 import tf_keras as keras
 
-from shifter_tf.surgery import layers as K
-from shifter_tf.surgery import tfops
+from shifter_tf.graph import layer_kinds
+from shifter_tf.graph import tfops
 from shifter_tf.surgery.fold import OUT_SCALE
-from shifter_tf.surgery.graph import DependencyGraph
+from shifter_tf.graph.deps import DependencyGraph
 
 L = keras.layers
 
@@ -37,22 +37,22 @@ def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, po
     fold_all = policy == "fold"
     for call in ir.calls:
         kind = graph.kinds[call.index].kind
-        if kind in (K.INPUT, K.FROZEN, K.OPAQUE):
+        if kind in (layer_kinds.INPUT, layer_kinds.FROZEN, layer_kinds.OPAQUE):
             continue
         out_t = call.outputs[0]
         cin = const[call.inputs[0]] if call.inputs else None
         ain = approx[call.inputs[0]] if call.inputs else None
         layer = call.layer
-        if kind in (K.PRODUCER, K.DEPTHWISE) and not K.elementwise_activation(layer):
+        if kind in (layer_kinds.PRODUCER, layer_kinds.DEPTHWISE) and not layer_kinds.elementwise_activation(layer):
             continue  # softmax & co.: no per-channel constant (and the outputs are frozen)
-        if kind == K.PRODUCER:
+        if kind == layer_kinds.PRODUCER:
             r = readers[call.index]
             shape_in, shape_out = ir.tensors[call.inputs[0]].shape, ir.tensors[out_t].shape
-            exact_pad = K.padding_exact(layer, shape_in, shape_out)
+            exact_pad = layer_kinds.padding_exact(layer, shape_in, shape_out)
             if cin is None:
                 if r.filter_zero.any():
                     c = np.full(len(r.bias), np.nan)
-                    c[r.filter_zero] = K.apply_activation(r.act, r.bias[r.filter_zero])
+                    c[r.filter_zero] = layer_kinds.apply_activation(r.act, r.bias[r.filter_zero])
                     const[out_t] = c
                 continue
             known = ~np.isnan(cin)
@@ -66,12 +66,12 @@ def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, po
             if (known & (cin != 0)).any():
                 pre += r.fold(np.where(known, cin, 0.0))
             c = np.full(len(r.bias), np.nan)
-            c[cand] = K.apply_activation(r.act, pre[cand])
+            c[cand] = layer_kinds.apply_activation(r.act, pre[cand])
             const[out_t] = c
             apx_in = inexact_in if ain is None else (ain | inexact_in)
             if fold_all and apx_in.any():
                 approx[out_t] = cand & r.pattern.outputs_reading(apx_in)
-        elif kind == K.DEPTHWISE:
+        elif kind == layer_kinds.DEPTHWISE:
             w = weights[id(layer)]
             dsum, fz = dw_sum_and_zero(w)
             bias = w["bias"].astype(np.float64) if "bias" in w else np.zeros(len(dsum))
@@ -81,7 +81,7 @@ def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, po
             if cin is not None:
                 cr = np.repeat(cin, mult)
                 known = ~np.isnan(cr)
-                exact_pad = K.padding_exact(layer, ir.tensors[call.inputs[0]].shape,
+                exact_pad = layer_kinds.padding_exact(layer, ir.tensors[call.inputs[0]].shape,
                                             ir.tensors[out_t].shape)
                 inexact = known & (cr != 0) & (not exact_pad)
                 ok = ~fz & known & (fold_all | ~inexact)
@@ -91,14 +91,14 @@ def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, po
                     approx[out_t] = apx
             if not np.isnan(c).all():
                 known = ~np.isnan(c)
-                c[known] = K.apply_activation(layer.activation, c[known])
+                c[known] = layer_kinds.apply_activation(layer.activation, c[known])
                 const[out_t] = c
         elif tfops.is_tfop(layer):   # element-wise TF op (CHANNELWISE or MERGE)
             const[out_t], approx[out_t] = _tfop_constants(
                 call, [const[t] for t in call.inputs], [approx[t] for t in call.inputs],
                 ir.tensors[out_t])
-        elif kind in (K.CHANNELWISE, K.FOLDED):
-            if kind == K.FOLDED:
+        elif kind in (layer_kinds.CHANNELWISE, layer_kinds.FOLDED):
+            if kind == layer_kinds.FOLDED:
                 const[out_t], approx[out_t] = cin, ain
                 continue
             if cin is None and type(layer) is not L.BatchNormalization:
@@ -107,7 +107,7 @@ def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, po
             cc = cin if cin is not None else np.full(n, np.nan)
             known = ~np.isnan(cc)
             c = np.full(n, np.nan)
-            val, exact = K.channelwise_constant(layer, cc, weights.get(id(layer), {}))
+            val, exact = layer_kinds.channelwise_constant(layer, cc, weights.get(id(layer), {}))
             if type(layer) is L.BatchNormalization:
                 c = val
             else:
@@ -121,21 +121,21 @@ def propagate_constants(graph: DependencyGraph, weights: dict, readers: dict, po
             if not np.isnan(c).all():
                 const[out_t] = c
                 approx[out_t] = a if a.any() else None
-        elif kind == K.FLATTEN:
+        elif kind == layer_kinds.FLATTEN:
             reps = int(np.prod(ir.tensors[call.inputs[0]].shape[1:-1]))
             const[out_t] = np.tile(cin, reps) if cin is not None else None
             approx[out_t] = np.tile(ain, reps) if ain is not None else None
-        elif kind == K.MERGE:
+        elif kind == layer_kinds.MERGE:
             const[out_t], approx[out_t] = _merge_constants(
                 layer, [const[t] for t in call.inputs], [approx[t] for t in call.inputs],
                 ir.tensors[out_t].channels)
-        elif kind == K.CONCAT:
+        elif kind == layer_kinds.CONCAT:
             rank = len(ir.tensors[out_t].shape)
             parts = [const[t] if const[t] is not None else np.full(ir.tensors[t].channels, np.nan)
                      for t in call.inputs]
             aparts = [approx[t] if approx[t] is not None else np.zeros(ir.tensors[t].channels, bool)
                       for t in call.inputs]
-            if K.concat_axis(layer, rank) == rank - 1:
+            if layer_kinds.concat_axis(layer, rank) == rank - 1:
                 c, a = np.concatenate(parts), np.concatenate(aparts)
             else:  # along space: constant only where every part has the same constant
                 c = parts[0].copy()

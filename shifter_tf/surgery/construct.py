@@ -37,7 +37,7 @@ from tf_keras.src.engine import node as _node
 from tf_keras.src.saving import serialization_lib as _serialization
 from tf_keras.src.utils import version_utils as _version_utils
 
-from shifter_tf.surgery.ir import SurgeryError
+from shifter_tf.errors import SurgeryError
 
 L = keras.layers
 ALIGN = 64   # EIGEN_MAX_ALIGN_BYTES: TensorFlow copies numpy buffers aligned less than this

@@ -11,9 +11,9 @@ import numpy as np
 import shifter_tf  # noqa: F401
 import tf_keras as keras
 
-from shifter_tf.surgery import layers as K
+from shifter_tf.graph import layer_kinds
 from shifter_tf.surgery.construct import multiply
-from shifter_tf.surgery.ir import ModelIR
+from shifter_tf.graph.ir import ModelIR
 
 L = keras.layers
 
@@ -25,7 +25,7 @@ def kernel_names(layer) -> tuple[str, str]:
     t = type(layer)
     if t in (L.SeparableConv1D, L.SeparableConv2D):
         return "pointwise_kernel", "bias"
-    if t in K._DEPTHWISE:
+    if t in layer_kinds._DEPTHWISE:
         return "depthwise_kernel", "bias"
     return "kernel", "bias"
 
@@ -33,9 +33,9 @@ def kernel_names(layer) -> tuple[str, str]:
 def _foldable(ir: ModelIR, kinds: list, bn_call) -> bool:
     src = ir.tensors[bn_call.inputs[0]]
     prod = ir.calls[src.producer]
-    if kinds[prod.index].kind not in (K.PRODUCER, K.DEPTHWISE):
+    if kinds[prod.index].kind not in (layer_kinds.PRODUCER, layer_kinds.DEPTHWISE):
         return False
-    if K.activation_name(getattr(prod.layer, "activation", None)) != "linear":
+    if layer_kinds.activation_name(getattr(prod.layer, "activation", None)) != "linear":
         return False
     if len(ir.calls_of(prod.layer)) != 1 or len(ir.calls_of(bn_call.layer)) != 1:
         return False
@@ -50,12 +50,12 @@ def fold_batchnorm_calls(ir: ModelIR, kinds: list, weights: dict) -> dict:
     """
     folded = {}
     for call in ir.calls:
-        if type(call.layer) is not L.BatchNormalization or kinds[call.index].kind != K.CHANNELWISE:
+        if type(call.layer) is not L.BatchNormalization or kinds[call.index].kind != layer_kinds.CHANNELWISE:
             continue
         if not _foldable(ir, kinds, call):
             continue
         prod = ir.calls[ir.tensors[call.inputs[0]].producer]
-        scale, shift = K.bn_affine(call.layer, weights[id(call.layer)])
+        scale, shift = layer_kinds.bn_affine(call.layer, weights[id(call.layer)])
         w = weights[id(prod.layer)]
         kname, bname = kernel_names(prod.layer)
         kernel = w[kname]
@@ -64,7 +64,7 @@ def fold_batchnorm_calls(ir: ModelIR, kinds: list, weights: dict) -> dict:
         w[OUT_SCALE] = scale
         w[bname] = (bias * scale + shift).astype(kernel.dtype)
         weights[id(prod.layer)] = w
-        kinds[call.index] = K.Kind(K.FOLDED, f"folded into {prod.name}")
+        kinds[call.index] = layer_kinds.Kind(layer_kinds.FOLDED, f"folded into {prod.name}")
         folded[prod.index] = call.name
     return folded
 

@@ -15,11 +15,12 @@ import shifter_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from shifter_tf.surgery import layers as K
-from shifter_tf.surgery import construct as C
-from shifter_tf.surgery import tfops
+from shifter_tf.graph import layer_kinds
+from shifter_tf.surgery import construct
+from shifter_tf.graph import tfops
 from shifter_tf.surgery.fold import OUT_SCALE, kernel_names, scaled_kernel
-from shifter_tf.surgery.ir import ModelIR, SurgeryError, replay_arguments
+from shifter_tf.graph.ir import ModelIR, replay_arguments
+from shifter_tf.errors import SurgeryError
 
 L = keras.layers
 
@@ -28,7 +29,7 @@ def _index(mask) -> np.ndarray | slice:
     return slice(None) if mask is None or mask.all() else np.flatnonzero(mask)
 
 
-_take = C.take
+_take = construct.take
 
 
 def _take2(a: np.ndarray, rows, cols) -> np.ndarray:
@@ -41,7 +42,7 @@ def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict)
     """(config changes, {weight name: array}) of the rebuilt layer for one call."""
     layer = call.layer
     w = weights.get(id(layer), {})
-    if kind == K.PRODUCER:
+    if kind == layer_kinds.PRODUCER:
         in_idx = _index(keep[call.inputs[0]])
         out_mask = keep[call.outputs[0]]
         out_idx = _index(out_mask)
@@ -77,7 +78,7 @@ def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict)
         key = "units" if type(layer) is L.Dense else "filters"
         changes.update({key: int(values[kname].shape[-1]), "use_bias": bool(use_bias)})
         return changes, values
-    if kind == K.DEPTHWISE:
+    if kind == layer_kinds.DEPTHWISE:
         in_idx = _index(keep[call.inputs[0]])
         out_idx = _index(keep[call.outputs[0]])
         scale = w.get(OUT_SCALE)
@@ -87,7 +88,7 @@ def sliced_weights(call, kind: str, keep: list, bias_delta: dict, weights: dict)
         if "bias" in w:
             values["bias"] = _take(w["bias"], out_idx, 0)
         return {"use_bias": "bias" in w}, values
-    if kind == K.CHANNELWISE:
+    if kind == layer_kinds.CHANNELWISE:
         mask = keep[call.inputs[0]]
         idx = _index(mask)
         n = len(mask) if mask is not None else None
@@ -151,7 +152,7 @@ def _slice_all(ir: ModelIR, kinds: list, keep: list, bias_delta: dict, weights: 
     out, seen = {}, set()
     for call in ir.calls:
         kind = kinds[call.index].kind
-        if kind in (K.PRODUCER, K.DEPTHWISE, K.CHANNELWISE) and id(call.layer) not in seen \
+        if kind in (layer_kinds.PRODUCER, layer_kinds.DEPTHWISE, layer_kinds.CHANNELWISE) and id(call.layer) not in seen \
                 and weights.get(id(call.layer)):
             seen.add(id(call.layer))
             out[call.index] = sliced_weights(call, kind, keep, bias_delta, weights)
@@ -162,7 +163,7 @@ def _known_output(call, ir: ModelIR, keep: list, layer) -> tf.TensorSpec | None:
     """The output of a built-in layer with one output: the traced shape with the kept
     channels and the traced dtype (the layer has the same config and dtype policy, so it
     would compute the same), instead of asking compute_output_shape again."""
-    if len(call.outputs) != 1 or type(layer) not in C.PLAIN_LAYERS:
+    if len(call.outputs) != 1 or type(layer) not in construct.PLAIN_LAYERS:
         return None
     t = ir.tensors[call.outputs[0]]
     shape = list(t.shape)
@@ -185,35 +186,35 @@ def rebuild(ir: ModelIR, kinds: list, keep: list, bias_delta: dict, weights: dic
     for call in ir.calls:
         start = time.perf_counter()
         kind = kinds[call.index].kind
-        if kind == K.INPUT:
+        if kind == layer_kinds.INPUT:
             new_t[call.outputs[0]] = _new_input(call)
             inputs.append(new_t[call.outputs[0]])
             continue
-        if kind == K.FOLDED:
+        if kind == layer_kinds.FOLDED:
             new_t[call.outputs[0]] = new_t[call.inputs[0]]
             continue
         args, kwargs = replay_arguments(call, new_t)
         layer = new_layers.get(id(call.layer))
-        if kind == K.OPAQUE:
+        if kind == layer_kinds.OPAQUE:
             out = call.layer(*args, **kwargs)
-        elif kind == K.FROZEN and layer is None and call.layer.weights:
+        elif kind == layer_kinds.FROZEN and layer is None and call.layer.weights:
             layer, out = _clone_frozen(call, args, kwargs)
             new_layers[id(call.layer)] = layer
         else:
             if layer is None:
                 changes, values = sliced.pop(call.index, None) or \
                     sliced_weights(call, kind, keep, bias_delta, weights)
-                layer = C.new_layer(call.layer, changes, call.name)
+                layer = construct.new_layer(call.layer, changes, call.name)
                 if values:
-                    C.build_with_values(layer, args[0] if args else kwargs.get("inputs"), values)
-                C.finish(layer)
+                    construct.build_with_values(layer, args[0] if args else kwargs.get("inputs"), values)
+                construct.finish(layer)
                 new_layers[id(call.layer)] = layer
             if tfops.is_tfop(layer):   # per-channel constants among the arguments
                 args, kwargs = tfops.sliced_arguments(
                     args, kwargs, ir.tensors[call.outputs[0]].channels, keep[call.outputs[0]])
                 out = layer(*args, **kwargs)
             else:
-                out = C.call_symbolic(layer, args, kwargs, _known_output(call, ir, keep, layer))
+                out = construct.call_symbolic(layer, args, kwargs, _known_output(call, ir, keep, layer))
         for t, kt in zip(call.outputs, tf.nest.flatten(out)):
             expect = list(ir.tensors[t].shape)
             if keep[t] is not None:
@@ -225,5 +226,5 @@ def rebuild(ir: ModelIR, kinds: list, keep: list, bias_delta: dict, weights: dic
     model = ir.model
     ins = tf.nest.pack_sequence_as(model._nested_inputs, inputs)
     outs = tf.nest.pack_sequence_as(model._nested_outputs, [new_t[t] for t in ir.outputs])
-    new_layers.update({id(c.layer): c.layer for c in ir.calls if kinds[c.index].kind == K.OPAQUE})
+    new_layers.update({id(c.layer): c.layer for c in ir.calls if kinds[c.index].kind == layer_kinds.OPAQUE})
     return keras.Model(ins, outs, name=name or model.name), times, new_layers

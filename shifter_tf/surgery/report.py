@@ -6,11 +6,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from shifter_tf.surgery import layers as K
+from shifter_tf.graph import layer_kinds
 from shifter_tf.surgery.analysis import Plan
 from shifter_tf.surgery.constants import dw_sum_and_zero
-from shifter_tf.surgery.graph import DependencyGraph
-from shifter_tf.surgery.metrics import layer_macs
+from shifter_tf.graph.deps import DependencyGraph
+from shifter_tf.graph.metrics import layer_macs
 from shifter_tf.surgery.verify import Verification
 
 REASONS = ("zero_filter", "constant", "dead_input")
@@ -99,7 +99,7 @@ class SurgeryReport:
         rows = [f"{'layer':32s} {'out before':>10s} {'after':>6s} {'params after':>13s} "
                 f"{'MACs after':>12s}  notes"]
         for r in self.layers:
-            if r.channels_out_before is None or r.kind not in (K.PRODUCER, K.DEPTHWISE):
+            if r.channels_out_before is None or r.kind not in (layer_kinds.PRODUCER, layer_kinds.DEPTHWISE):
                 continue
             notes = ", ".join(f"{k}={v}" for k, v in r.removed.items() if v)
             if r.kept_for_exactness:
@@ -128,13 +128,13 @@ def layer_reports(graph: DependencyGraph, plan: Plan, folded: dict, weights: dic
     forced[plan.forced] = True
     for call in ir.calls:
         kind = kinds[call.index]
-        if kind.kind in (K.INPUT, K.FOLDED):
+        if kind.kind in (layer_kinds.INPUT, layer_kinds.FOLDED):
             continue
         rec = by_layer.get(id(call.layer))
         first = rec is None
         if first:
             rec = LayerReport(call.name, type(call.layer).__name__, kind.kind,
-                              frozen=kind.why if kind.kind in (K.FROZEN, K.OPAQUE) else "")
+                              frozen=kind.why if kind.kind in (layer_kinds.FROZEN, layer_kinds.OPAQUE) else "")
             new = new_layers.get(id(call.layer))
             rec.params_before = _params(call.layer)
             rec.params_after = _params(new) if new is not None else 0
@@ -166,9 +166,9 @@ def layer_reports(graph: DependencyGraph, plan: Plan, folded: dict, weights: dic
         if call.index in plan.folded:
             rec.folded_constants, rec.fold_exact = plan.folded[call.index]
         groups = graph.tensor_groups[t_out.index]
-        if kind.kind in (K.PRODUCER, K.DEPTHWISE) and groups is not None:
+        if kind.kind in (layer_kinds.PRODUCER, layer_kinds.DEPTHWISE) and groups is not None:
             gone = plan.removed[groups]
-            if kind.kind == K.PRODUCER:
+            if kind.kind == layer_kinds.PRODUCER:
                 zero = plan.readers[call.index].filter_zero
             else:
                 zero = dw_sum_and_zero(weights[id(call.layer)])[1]

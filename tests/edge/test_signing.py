@@ -1,6 +1,6 @@
 """Signed portfolios (Ed25519): keygen and signing on the host, refusal on the device (issue 16).
 
-Runs in the TensorFlow-free environment: ``shifter_tf.signing`` and the ``keygen``/``sign``
+Runs in the TensorFlow-free environment: ``shifter_tf.export.signing`` and the ``keygen``/``sign``
 commands import no TensorFlow.
 """
 import base64
@@ -19,7 +19,7 @@ from edge_runtime.manifest import sha256_bytes, write_manifest
 from edge_runtime.signature import SignatureError, public_key_bytes
 
 pytest.importorskip("cryptography")
-from shifter_tf.signing import generate_keypair, load_private_key, sign_portfolio  # noqa: E402
+from shifter_tf.export.signing import generate_keypair, load_private_key, sign_portfolio  # noqa: E402
 
 
 @pytest.fixture

@@ -1,0 +1,32 @@
+"""The named training recipes (`lottery.recipe`): the one place the defaults of the lottery phase
+come from. A recipe is a set of `lottery:` keys; keys a config gives explicitly win over it.
+
+- `paper`: DNNShifter's plain global-magnitude IMP with weight rewinding to θ_k (the paper's
+  recipe; also what a config without `recipe:` gets from the dataclass defaults).
+- `structured`: ours, chosen by the Pareto benchmark (`make bench`, bench/RESULTS.md): the filter
+  step (15 % of the surviving filters go at each level, so whole filters die from level 1 on) and
+  learning-rate rewinding (Renda et al., ICLR 2020). The embedded default, the Python API's
+  default and the README's recipe.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {"structure": "none", "filter_fraction": 0.2, "rewind": "weights"},
+    "structured": {"structure": "filters", "filter_fraction": 0.15, "rewind": "lr"},
+}
+DEFAULT_RECIPE = "structured"   # what `shifter_tf.train_portfolio` uses without a config
+
+
+def expand(values: dict, source: str) -> dict:
+    """`values` (a config mapping) with `lottery.recipe`'s keys filled in where not given."""
+    lot = values.get("lottery")
+    if not isinstance(lot, dict) or "recipe" not in lot:
+        return values
+    name = lot["recipe"]
+    if name not in RECIPES:
+        from shifter_tf.errors import ConfigError
+        raise ConfigError(f"{source} lottery.recipe: unknown recipe {name!r} "
+                          f"(known: {', '.join(RECIPES)})")
+    return {**values, "lottery": {**RECIPES[name], **lot}}

@@ -1,0 +1,386 @@
+"""Sparse portfolio training: iterative magnitude pruning (IMP) with lottery-ticket rewinding.
+
+Level 0 trains the dense model and keeps θ_k, the weights after k iterations. Level ℓ ≥ 1
+allocates density (1-p)^ℓ over all prunable kernels by one global magnitude threshold on the
+weights level ℓ-1 ended with, rewinds to θ_k, and trains again with tfmot's wrappers holding the
+masks. In `polynomial` mode each layer starts from its previous mask and tfmot's PolynomialDecay
+ramps it to its allocated sparsity during the level; in `oneshot` mode the new global masks are
+set at the start and held fixed (classic IMP). Either way a weight pruned once stays pruned.
+
+Layout of a run folder (each level written atomically, so a killed run resumes cleanly):
+    RUN/config.yaml          the config the run was started with
+    RUN/rewind.npz           θ_k, every weight of the model by layer
+    RUN/levels/level_XX/     model.keras (tfmot stripped, zeros in place), masks.npz, metrics.json
+    RUN/lottery.json         the per-level table so far
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+import shifter_tf  # noqa: F401
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from tqdm.auto import tqdm
+
+from shifter_tf.distributed import cluster
+from shifter_tf.train import magnitude
+from shifter_tf.train import structure
+from shifter_tf.train import wrappers
+from shifter_tf.train import engine
+from shifter_tf.config.schema import Config, load_config, save_config
+from shifter_tf.errors import ConfigError
+from shifter_tf.data.sets import Dataset, Normalization, model_normalizes
+from shifter_tf.data.loaders import load_dataset
+from shifter_tf.util.io import atomic_dir, atomic_save, atomic_write_json
+from shifter_tf.models import iter_layers, model_for
+
+sparsity = tfmot.sparsity.keras
+
+
+@dataclass
+class LevelResult:
+    """What one IMP level produced; one row of the portfolio table."""
+    level: int
+    target_density: float
+    density: float
+    layer_density: dict[str, float]
+    zero_filters: dict[str, int]
+    filters: dict[str, int]
+    train_seconds: float
+    epochs: int
+    val_accuracy: float
+    test_accuracy: float
+    threshold: Optional[float] = None
+    # Weights tfmot re-picked that an earlier level had pruned: always 0 now that KeepPruned
+    # zeroes them before tfmot ranks; kept so metrics.json of earlier runs still load.
+    resurrected: int = 0
+    allocated: dict[str, int] = field(default_factory=dict)   # weights the allocation gave
+    killed_filters: dict[str, int] = field(default_factory=dict)   # by the structure step
+    history: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- model and weights by name
+def make_model(cfg: Config, data: Dataset) -> keras.Model:
+    """The config's model checked against the data: a zoo builder, or the user's file (Lambda
+    and custom objects refused unless `model.unsafe`)."""
+    return model_for(cfg.model, data.input_shape, data.num_classes)
+
+
+def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    return {f"{l.name}/{i}": w for l in iter_layers(model) for i, w in enumerate(l.get_weights())}
+
+
+def set_weights(model: keras.Model, weights: dict[str, np.ndarray]) -> None:
+    for l in iter_layers(model):
+        ws = [weights[f"{l.name}/{i}"] for i in range(len(l.weights))]
+        if ws:
+            l.set_weights(ws)
+
+
+def save_weights(path: Path, weights: dict[str, np.ndarray]) -> None:
+    atomic_save(path, lambda p: np.savez(p, **weights))
+
+
+def load_weights(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+NORM_FILE = "normalization.json"
+
+
+def run_data(cfg: Config, run: Path, data=None):
+    """The run's data with the normalisation it trained with (recorded in NORM_FILE), so later
+    phases and resumed runs need no statistics pass and normalise exactly alike."""
+    path = Path(run) / NORM_FILE
+    recorded = Normalization.from_dict(json.loads(path.read_text())) if path.exists() else None
+    if data is None:
+        return load_dataset(cfg.data, cfg.seed, recorded)
+    return data if recorded is None else data.with_norm(recorded)
+
+
+def _record_norm(cfg: Config, run: Path, data):
+    """At a run's start: a model with its own Rescaling/Normalization takes the inputs as they
+    are (`source: model`); the choice is written to the run for every later phase."""
+    if not (Path(run) / NORM_FILE).exists():
+        if data.norm.on_device and model_normalizes(make_model(cfg, data)):
+            data = data.with_norm(Normalization.identity("model", data.input_shape[-1]))
+        atomic_write_json(Path(run) / NORM_FILE, data.norm.to_dict())
+    return data
+
+
+def level_dir(run: Path, level: int) -> Path:
+    return Path(run) / "levels" / f"level_{level:02d}"
+
+
+def load_level_model(run: Path, level: int) -> keras.Model:
+    """The trained (stripped, sparse) model of a finished level."""
+    path = level_dir(run, level) / "model.keras"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: level {level} has not finished in run {run}")
+    return keras.models.load_model(path, compile=False, safe_mode=False)
+
+
+def finished_levels(run: Path) -> list[int]:
+    root = Path(run) / "levels"
+    if not root.exists():
+        return []
+    return sorted(int(p.name.split("_")[1]) for p in root.glob("level_*")
+                  if (p / "metrics.json").exists())
+
+
+def load_results(run: Path) -> list[LevelResult]:
+    return [LevelResult(**json.loads((level_dir(run, l) / "metrics.json").read_text()))
+            for l in finished_levels(run)]
+
+
+class CaptureRewind(keras.callbacks.Callback):
+    """Copy every weight of the model after `step` iterations (θ_k)."""
+
+    def __init__(self, model: keras.Model, step: int):
+        super().__init__()
+        self.target, self.step, self.weights = model, step, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step -= 1
+        if self.step == 0 and self.weights is None:
+            self.weights = get_weights(self.target)
+
+
+# ---------------------------------------------------------------- one level
+def _stats(model: keras.Model, names: list[str], masks: magnitude.Masks) -> dict:
+    layers = {l.name: l for l in iter_layers(model)}
+    zf, nf, ld = {}, {}, {}
+    for n in names:
+        k = magnitude.kernel_variable(layers[n]).numpy()
+        dw = isinstance(layers[n], keras.layers.DepthwiseConv2D)
+        zf[n] = magnitude.zero_filters(k, dw)
+        nf[n] = int(k.shape[-2] * k.shape[-1]) if dw else int(k.shape[-1])
+        ld[n] = float(masks[n].mean())
+    return {"zero_filters": zf, "filters": nf, "layer_density": ld}
+
+
+def rewind_step(cfg: Config, data: Dataset) -> int:
+    lt = cfg.lottery
+    if lt.rewind_iterations is not None:
+        return int(lt.rewind_iterations)
+    if lt.rewind_epochs is not None:
+        return int(round(lt.rewind_epochs * engine.steps_per_epoch(data, cfg.train.batch_size)))
+    return 0
+
+
+def _finish(mask: np.ndarray, magnitude: np.ndarray, allowed: np.ndarray, keep: int
+            ) -> np.ndarray:
+    """Exactly `keep` weights of `allowed`, preferring tfmot's choice, then the largest |w|.
+
+    Where a level had too few steps for tfmot's ramp to reach its final sparsity this finishes
+    the ramp as its last update would have; where tfmot's rounding kept one weight fewer it
+    adds the largest allowed one back, so every layer ends at exactly its allocation.
+    """
+    mask = mask & allowed
+    if mask.sum() == keep:
+        return mask
+    # tfmot's picks first, then the other allowed weights, each by magnitude
+    score = np.where(mask, magnitude + 1e30, np.where(allowed, magnitude, -1.0)).ravel()
+    out = np.zeros(score.size, bool)
+    out[np.argpartition(-score, keep - 1)[:keep]] = True
+    return out.reshape(mask.shape)
+
+
+def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
+                  rewind: dict, prev_model: keras.Model, prev_masks: magnitude.Masks, steps: int
+                  ) -> tuple[keras.Model, magnitude.Masks, float, magnitude.Masks, dict]:
+    """Allocate level `level`'s masks globally, rewind `model` to θ_k and wrap it with tfmot.
+
+    Returns the wrapped model (weights θ_k * starting mask), the allocated masks, the global
+    threshold, the allowed set (the weights this level may keep: the previous masks, minus the
+    filters the structure step kills) and the filters killed per layer. In oneshot mode
+    training starts from the allocated masks; in polynomial mode from the allowed set, and
+    tfmot ramps each layer to its allocated sparsity.
+    """
+    target = (1.0 - cfg.lottery.prune_fraction) ** level
+    prev_kernels = magnitude.kernels(prev_model, names)
+    allowed, killed = prev_masks, {}
+    if cfg.lottery.structure == "filters":
+        graph = structure.channel_graph(model, names)
+        prev_layers = {l.name: l for l in iter_layers(prev_model)}
+        gammas = {p: prev_layers[bn].gamma.numpy() for p, bn in graph.bn.items()
+                  if getattr(prev_layers.get(bn), "gamma", None) is not None}
+        allowed, killed = structure.structured_allowed(cfg.lottery.filter_fraction, prev_kernels,
+                                               prev_masks, graph, gammas,
+                                               magnitude.classifier_name(model))
+    new_masks, threshold = magnitude.global_allocation(prev_kernels, allowed, target, clip=True)
+    # weight rewinding (the paper's): survivors restart from θ_k; learning-rate rewinding
+    # (Renda et al. 2020): they keep the values the previous level trained, the LR schedule
+    # restarts. Either way the masks, not the weights, are what a level inherits.
+    set_weights(model, rewind if cfg.lottery.rewind == "weights" else get_weights(prev_model))
+    schedules = {n: wrappers.schedule(cfg, 1.0 - float(allowed[n].mean()),
+                              1.0 - float(new_masks[n].mean()), steps) for n in names}
+    wrapped = wrappers.wrap(model, schedules)
+    wrappers.assign_masks(wrapped, new_masks if cfg.lottery.schedule == "oneshot" else allowed)
+    return wrapped, new_masks, threshold, allowed, killed
+
+
+def level_recipe(cfg: Config, level: int):
+    """The training recipe of one level: `train`, with `lottery.dense_epochs` for level 0
+    (warm-up and milestones scaled with it)."""
+    e0 = cfg.lottery.dense_epochs
+    return engine.scaled(cfg.train, e0) if level == 0 and e0 else cfg.train
+
+
+def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
+                prev_model: Optional[keras.Model], prev_masks: Optional[magnitude.Masks],
+                strategy: tf.distribute.Strategy, user_callbacks: Sequence = ()
+                ) -> tuple[keras.Model, magnitude.Masks, LevelResult, Optional[dict]]:
+    """Train one IMP level; returns the stripped model, its masks, metrics and θ_k (level 0)."""
+    keras.utils.set_random_seed(cfg.seed + level)
+    recipe = level_recipe(cfg, level)
+    steps = engine.steps_per_epoch(data, recipe.batch_size) * recipe.epochs
+    target = (1.0 - cfg.lottery.prune_fraction) ** level
+    what = f"level {level} (density {target:.4f})"
+    with strategy.scope():
+        model = make_model(cfg, data)
+        names = magnitude.prunable_layers(model, cfg.lottery.exclude_classifier,
+                                  cfg.lottery.exclude_layers)
+        callbacks: list = []
+        capture = None
+        threshold, killed = None, {}
+        if level == 0:
+            masks = {n: np.ones(w.shape, bool) for n, w in magnitude.kernels(model, names).items()}
+            new_masks = masks
+            k = rewind_step(cfg, data)
+            if k == 0:
+                rewind = get_weights(model)
+            else:
+                capture = CaptureRewind(model, k)
+                callbacks.append(capture)
+            trained = model
+        else:
+            trained, new_masks, threshold, allowed, killed = prepare_level(
+                cfg, model, names, level, rewind, prev_model, prev_masks, steps)
+            callbacks += [sparsity.UpdatePruningStep(), wrappers.KeepPruned(trained, allowed)]
+            if cfg.lottery.structure == "filters":
+                dead = {n: ~structure.filter_alive(m) for n, m in allowed.items()}
+                callbacks.append(structure.HoldDeadChannels(structure.hold_pairs(model, dead)))
+        if cfg.lottery.gamma_l1:
+            trained.add_loss(structure.gamma_l1_loss(model, cfg.lottery.gamma_l1))
+        engine.compile_model(trained, recipe, engine.steps_per_epoch(data, recipe.batch_size))
+    fit = engine.fit(trained, data, recipe, seed=cfg.seed + level, what=what,
+                callbacks=[*callbacks, *user_callbacks])
+    if level > 0:
+        for name, w in wrappers.wrappers(trained).items():
+            weight, mask, _ = w.pruning_vars[0]
+            m = _finish(mask.numpy().astype(bool), np.abs(weight.numpy()), allowed[name],
+                        int(new_masks[name].sum()))
+            mask.assign(m.astype(np.float32))
+            weight.assign(weight * mask)
+        masks = {n: w.pruning_vars[0][1].numpy().astype(bool)
+                 for n, w in wrappers.wrappers(trained).items()}
+        model = sparsity.strip_pruning(trained)
+    if capture is not None:
+        if capture.weights is None:
+            raise ConfigError(f"lottery.rewind: rewind point {rewind_step(cfg, data)} iterations "
+                              f"is beyond level 0's {steps} iterations")
+        rewind = capture.weights
+    result = LevelResult(
+        level=level, target_density=target, density=magnitude.density(masks),
+        train_seconds=fit.seconds, epochs=recipe.epochs,
+        val_accuracy=engine.evaluate(model, data, "val"), test_accuracy=engine.evaluate(model, data, "test"),
+        threshold=threshold,
+        allocated={n: int(m.sum()) for n, m in new_masks.items()}, killed_filters=killed,
+        history={k: [float(v) for v in vs] for k, vs in fit.history.items()},
+        **_stats(model, names, masks))
+    return model, masks, result, rewind
+
+
+def _save_level(run: Path, model: keras.Model, masks: magnitude.Masks, result: LevelResult) -> None:
+    def fill(tmp: Path):
+        model.save(tmp / "model.keras")
+        magnitude.save_masks(tmp / "masks.npz", masks)
+        (tmp / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
+    atomic_dir(level_dir(run, result.level), fill)
+
+
+# ---------------------------------------------------------------- the run
+def _check_resume(cfg: Config, run: Path) -> None:
+    saved = run / "config.yaml"
+    if not saved.exists():
+        return
+    old = load_config(saved).to_dict()
+    new = cfg.to_dict()
+    for section in ("seed", "data", "model", "lottery"):
+        if old[section] != new[section]:
+            diff = section if not isinstance(new[section], dict) else next(
+                f"{section}.{k}" for k in new[section] if old[section].get(k) != new[section][k])
+            raise ConfigError(f"{saved}: {diff}: differs from the config of the run being "
+                              "resumed; use a new --out folder")
+
+
+def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
+                data: Optional[Dataset] = None, progress: bool = True,
+                stop_after: Optional[int] = None,
+                on_level: Optional[Callable[[LevelResult], None]] = None,
+                callbacks: Sequence = ()) -> list[LevelResult]:
+    """Train levels 0..cfg.lottery.levels into `run`, resuming after the last finished level.
+
+    `stop_after` ends the run after that level (used to emulate an interruption in tests);
+    `callbacks` (tf_keras) are passed to every level's fit.
+    """
+    strategy = engine.make_strategy(cfg.train.strategy, cfg.train.peer_timeout)
+    run = cluster.local_run(run, strategy, cfg.to_dict())   # not the chief: a temporary copy
+    done = finished_levels(run)
+    if done and not resume:
+        raise FileExistsError(f"{run}: holds finished levels {done}; pass --resume to continue "
+                              "or choose another --out")
+    if resume:
+        _check_resume(cfg, run)
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run / "config.yaml")
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    data = _record_norm(cfg, run, run_data(cfg, run, data))
+    results = load_results(run)
+    prev_model = prev_masks = rewind = None
+    if done:
+        last = done[-1]
+        if done != list(range(last + 1)):
+            raise RuntimeError(f"{run}/levels: levels {done} are not contiguous")
+        prev_model = load_level_model(run, last)
+        prev_masks = magnitude.load_masks(level_dir(run, last) / "masks.npz")
+        rewind = load_weights(run / "rewind.npz")
+    first = (done[-1] + 1) if done else 0
+    bar = tqdm(range(first, cfg.lottery.levels + 1), desc="IMP levels", unit="level",
+               initial=first, total=cfg.lottery.levels + 1, disable=not progress)
+    for level in bar:
+        model, masks, result, rewind = train_level(cfg, data, level, rewind, prev_model,
+                                                   prev_masks, strategy, callbacks)
+        cluster.check_identical(strategy, f"level {level}", masks=masks, threshold=result.threshold)
+        if level == 0:
+            save_weights(run / "rewind.npz", rewind)
+        _save_level(run, model, masks, result)
+        results.append(result)
+        atomic_write_json(run / "lottery.json", [asdict(r) for r in results])
+        bar.set_postfix(density=f"{result.density:.3f}", test=f"{result.test_accuracy:.3f}")
+        if on_level:
+            on_level(result)
+        prev_model, prev_masks = model, masks
+        if stop_after is not None and level >= stop_after:
+            break
+    return results
+
+
+def format_table(results: list[LevelResult]) -> str:
+    """The per-level table as Markdown."""
+    rows = ["| level | density | val acc | test acc | zero filters (per conv) | train s |",
+            "|---:|---:|---:|---:|:---|---:|"]
+    for r in results:
+        zf = " ".join(str(v) for v in r.zero_filters.values())
+        rows.append(f"| {r.level} | {r.density:.4f} | {r.val_accuracy:.4f} | "
+                    f"{r.test_accuracy:.4f} | {zf} | {r.train_seconds:.1f} |")
+    return "\n".join(rows)
