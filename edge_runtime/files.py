@@ -21,6 +21,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     file, rename, then a best-effort fsync of the folder so the rename survives power loss.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         os.chmod(tmp, default_file_mode())   # as open() would: mkstemp makes it 0600

@@ -25,7 +25,7 @@ from edge_runtime.interpreter import DelegateUnavailable, Runner, load_runner
 from edge_runtime.manifest import Manifest, Variant, VariantFileError, read_variant_file
 from edge_runtime.policy import pick_threads_key
 from edge_runtime.probe import ProbeItem, check_files, open_cache, probe_files
-from edge_runtime.profile import DeviceProfile
+from edge_runtime.profile import DeviceProfile, percentile
 
 log = logging.getLogger("edge_runtime")
 MiB = float(2 ** 20)
@@ -38,8 +38,7 @@ class VariantUnavailable(RuntimeError):
 def _pct(xs, qs=(50, 90, 99)) -> Dict[str, Optional[float]]:
     if not xs:
         return {f"p{q}": None for q in qs}
-    arr = np.asarray(xs, dtype=np.float64)
-    return {f"p{q}": round(float(np.percentile(arr, q)), 4) for q in qs}
+    return {f"p{q}": round(percentile(xs, q), 4) for q in qs}
 
 
 @dataclass

@@ -86,7 +86,8 @@ def load_profile(folder: PathLike, manifest: Manifest) -> Optional[DeviceProfile
         return None
 
 
-def _percentile(xs: List[float], q: float) -> float:
+def percentile(xs: List[float], q: float) -> float:
+    """The q-th percentile of latency samples (ms), the one used by profiles and stats()."""
     return float(np.percentile(np.asarray(xs, dtype=np.float64), q))
 
 
@@ -121,14 +122,14 @@ def measure_variant(folder: PathLike, manifest: Manifest, variant: Variant,
         for _ in range(warmup):
             runner.run(x)
         samples = [runner.run(x)[1] for _ in range(max(1, runs))]
-        lat[str(t)] = round(_percentile(samples, 50), 4)
-        p90[str(t)] = round(_percentile(samples, 90), 4)
+        lat[str(t)] = round(percentile(samples, 50), 4)
+        p90[str(t)] = round(percentile(samples, 90), 4)
         del runner
     # RSS deltas are noisy (the allocator reuses freed memory), so never report less than the
     # model bytes plus the sum of its tensors.
-    memory = max(_percentile(mem, 50) if mem else 0.0, estimate_mb)
+    memory = max(percentile(mem, 50) if mem else 0.0, estimate_mb)
     return {"sha256": variant.sha256, "latency_ms": lat, "latency_p90_ms": p90,
-            "init_ms": round(_percentile(init, 50), 3), "memory_mb": round(memory, 3)}
+            "init_ms": round(percentile(init, 50), 3), "memory_mb": round(memory, 3)}
 
 
 def _warm_up_runtime(folder: PathLike, manifest: Manifest, usable: List[Variant]) -> None:

@@ -10,10 +10,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
-# The Python API (shifter_tf.api), imported on first use so `import shifter_tf` stays free of
-# TensorFlow (the legacy-Keras switch above must come first).
-_API = {"train_portfolio": "api", "prune": "api", "export_portfolio": "api", "Portfolio": "api",
-        "image_folder": "streams", "prune_structured": "surgery"}
+# The public API: everything a training script uses, imported on first use so `import shifter_tf`
+# stays free of TensorFlow (the legacy-Keras switch above must come first).
+_API = {
+    # train a portfolio, rewrite it, export it (shifter_tf.api)
+    "train_portfolio": "api", "prune": "api", "export_portfolio": "api", "Portfolio": "api",
+    # data, configs and named recipes
+    "image_folder": "data.streams", "Config": "config.schema", "load_config": "config.schema",
+    "RECIPES": "config.recipes",
+    # structured pruning of any sparse model, Keras 3 <-> tf_keras
+    "prune_structured": "surgery", "to_tf_keras": "models.keras3", "to_keras3": "models.keras3",
+    # Reconvene: structured pruning at initialisation, one training run
+    "run_pai": "pai", "PaiConfig": "pai",
+}
 
 
 def __getattr__(name: str):
@@ -24,5 +33,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'shifter_tf' has no attribute {name!r}")
 
 
-__all__ = ["train_portfolio", "prune", "export_portfolio", "Portfolio", "image_folder",
-           "prune_structured"]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
+
+
+__all__ = list(_API)

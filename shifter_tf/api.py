@@ -36,8 +36,8 @@ class Portfolio:
     manifest: Optional[dict] = None
 
     def table(self) -> str:
-        from shifter_tf.train.lottery import format_table
-        return format_table(self.levels)
+        from shifter_tf.train.lottery import level_table
+        return level_table(self.levels)
 
     def model(self, level: int, kind: str = "sparse", keras3: bool = False):
         """The model of `level`: `sparse` (trained) or `pruned` (after `prune`); tf_keras, or

@@ -78,7 +78,7 @@ def cmd_train(args) -> int:
     data = _prepare(cfg)
     from shifter_tf.train import lottery
     results = lottery.run_lottery(cfg, args.out, resume=args.resume, data=data)
-    print(lottery.format_table(results))
+    print(lottery.level_table(results))
     return 0
 
 

@@ -22,7 +22,7 @@ from shifter_tf.data.loaders import load_dataset
 from shifter_tf.train.finetune import finetune_run, finetuned_dir, finetuned_levels
 from shifter_tf.util.io import atomic_dir, atomic_write_json
 from shifter_tf.models import import_custom_objects
-from shifter_tf.export.portfolio import Candidate, build_portfolio, format_table
+from shifter_tf.export.portfolio import Candidate, build_portfolio, variant_table
 from shifter_tf.surgery import prune_structured
 
 
@@ -150,7 +150,7 @@ def export_run(run: Path, data: Optional[Dataset] = None, progress: bool = True,
                                representative=ex.representative_samples,
                                eval_limit=ex.eval_limit, progress=progress,
                                representative_data=representative)
-    return format_table(manifest)
+    return variant_table(manifest)
 
 
 def run_all(cfg: Config, out: Path, resume: bool = False,
@@ -176,6 +176,6 @@ def run_all(cfg: Config, out: Path, resume: bool = False,
     atomic_write_json(Path(out) / "timings.json", timings)
     report.write_report(out)
     manifest = json.loads((Path(out) / "portfolio" / "manifest.json").read_text())
-    return (format_table(manifest, kinds=("dense", "pruned")) +
+    return (variant_table(manifest, kinds=("dense", "pruned")) +
             f"\n\nportfolio: {Path(out) / 'portfolio'}   report: {Path(out) / 'report.md'}"
             f"\ntimings: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

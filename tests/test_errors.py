@@ -1,4 +1,4 @@
-"""Issue 13: bad input is one line on stderr naming the culprit, exit code 2, no traceback.
+"""Bad input is one line on stderr naming the culprit, exit code 2, no traceback.
 
 CLI cases run `python -m shifter_tf.cli` in a subprocess. Those that fail before TensorFlow loads
 (config, --set, TF_CONFIG, image folder layout) run one process each and must not import it. The

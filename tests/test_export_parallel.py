@@ -1,4 +1,4 @@
-"""Parallel TFLite export (issue 17): the files are byte-identical to a serial export and the
+"""Parallel TFLite export: the files are byte-identical to a serial export and the
 manifest is the same apart from the measured latencies."""
 import numpy as np
 

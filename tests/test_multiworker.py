@@ -1,4 +1,4 @@
-"""Issue 15: MultiWorkerMirroredStrategy with real worker processes on 127.0.0.1.
+"""MultiWorkerMirroredStrategy with real worker processes on 127.0.0.1.
 
 Every worker is `python -m shifter_tf.cli` in its own process with its own TF_CONFIG (free ports),
 all with the same --out; every process has a hard timeout and is killed in a `finally`. The model

@@ -1,4 +1,4 @@
-"""Structured pruning on the architectures deployed to phones and Coral (issue 17):
+"""Structured pruning on the architectures deployed to phones and Coral:
 squeeze-excite (Reshape + broadcasting Multiply), hard-swish built from TF ops (TFOpLambda),
 per-channel Rescaling/Normalization and grouped convolutions.
 

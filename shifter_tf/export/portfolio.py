@@ -19,6 +19,7 @@ from shifter_tf.data.sets import Dataset
 from shifter_tf.export.convert import ConverterPool, convert, default_workers
 from shifter_tf.export.evaluate import measure
 from shifter_tf.util.io import atomic_dir
+from shifter_tf.util.tables import markdown_table
 from shifter_tf.surgery import count_params_and_macs
 
 
@@ -135,10 +136,9 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
     return manifest
 
 
-def format_table(manifest: dict, kinds: Sequence[str] = ("dense", "sparse", "pruned")) -> str:
+def variant_table(manifest: dict, kinds: Sequence[str] = ("dense", "sparse", "pruned")) -> str:
     """The portfolio as a Markdown table, one row per variant."""
-    rows = ["| id | kind | prec | density | params | MACs | accuracy | KB | ms@1 | ms@all |",
-            "|:---|:---|:---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for v in manifest["variants"]:
         if v["kind"] not in kinds:
             continue
@@ -146,10 +146,11 @@ def format_table(manifest: dict, kinds: Sequence[str] = ("dense", "sparse", "pru
         one = lat.get("1")
         allc = lat[max(lat, key=int)] if lat else None
         acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.4f}"
-        rows.append(f"| {v['id']} | {v['kind']} | {v['precision']} | {v['density']:.4f} | "
-                    f"{v['params_total']:,} | {v['macs']:,} | {acc} | {v['bytes'] / 1024:.1f} | "
-                    f"{_ms(one)} | {_ms(allc)} |")
-    return "\n".join(rows)
+        rows.append([v["id"], v["kind"], v["precision"], f"{v['density']:.4f}",
+                     f"{v['params_total']:,}", f"{v['macs']:,}", acc, f"{v['bytes'] / 1024:.1f}",
+                     _ms(one), _ms(allc)])
+    return markdown_table(["id", "kind", "prec", "density", "params", "MACs", "accuracy", "KB",
+                           "ms@1", "ms@all"], rows, "lllrrrrrrr")
 
 
 def _ms(x: Optional[float]) -> str:

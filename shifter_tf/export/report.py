@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from shifter_tf.train import lottery  # noqa: E402
 from shifter_tf.util.io import atomic_save, atomic_write_text  # noqa: E402
-from shifter_tf.export.portfolio import format_table, verify_portfolio  # noqa: E402
+from shifter_tf.export.portfolio import variant_table, verify_portfolio  # noqa: E402
 
 MARKERS = {"dense": "s", "sparse": "x", "pruned": "o"}
 
@@ -103,9 +103,9 @@ def write_report(run: Path) -> Path:
              "interpreter: " + ("all good." if not problems else
                                 "PROBLEMS:\n" + "\n".join(f"- {p}" for p in problems)), "",
              "## Levels (training)", "",
-             lottery.format_table(lottery.load_results(run)), "",
+             lottery.level_table(lottery.load_results(run)), "",
              *_floor_lines(run, manifest),
-             "## Variants (measured on the TFLite interpreter)", "", format_table(manifest), "",
+             "## Variants (measured on the TFLite interpreter)", "", variant_table(manifest), "",
              "## Smallest pruned variant against its sparse twin", ""]
     lines += _twin_lines(manifest)
     lines += ["", "## Plots", "", "![accuracy vs size](plots/accuracy_vs_size.png)", "",

@@ -38,6 +38,7 @@ from shifter_tf.errors import ConfigError
 from shifter_tf.data.sets import Dataset, Normalization, model_normalizes
 from shifter_tf.data.loaders import load_dataset
 from shifter_tf.util.io import atomic_dir, atomic_save, atomic_write_json
+from shifter_tf.util.tables import markdown_table
 from shifter_tf.models import iter_layers, model_for
 
 sparsity = tfmot.sparsity.keras
@@ -375,12 +376,10 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
     return results
 
 
-def format_table(results: list[LevelResult]) -> str:
+def level_table(results: list[LevelResult]) -> str:
     """The per-level table as Markdown."""
-    rows = ["| level | density | val acc | test acc | zero filters (per conv) | train s |",
-            "|---:|---:|---:|---:|:---|---:|"]
-    for r in results:
-        zf = " ".join(str(v) for v in r.zero_filters.values())
-        rows.append(f"| {r.level} | {r.density:.4f} | {r.val_accuracy:.4f} | "
-                    f"{r.test_accuracy:.4f} | {zf} | {r.train_seconds:.1f} |")
-    return "\n".join(rows)
+    rows = [[str(r.level), f"{r.density:.4f}", f"{r.val_accuracy:.4f}", f"{r.test_accuracy:.4f}",
+             " ".join(str(v) for v in r.zero_filters.values()), f"{r.train_seconds:.1f}"]
+            for r in results]
+    return markdown_table(["level", "density", "val acc", "test acc", "zero filters (per conv)",
+                           "train s"], rows, "rrrrlr")

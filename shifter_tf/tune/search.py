@@ -60,6 +60,7 @@ from shifter_tf.config.schema import Config, load_config, save_config
 from shifter_tf.errors import ConfigError
 from shifter_tf.tune import dist as tune_dist
 from shifter_tf.util.io import atomic_write_json, atomic_write_text
+from shifter_tf.util.tables import markdown_table
 from shifter_tf.tune.space import (TuneSpec, final_density, levels_for,  # noqa: F401 (API)
                                    parse_spec, trial_config, trial_values)
 
@@ -179,19 +180,17 @@ def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out / "trials.csv", buf.getvalue())
-    atomic_write_text(out / "trials.md", format_table(rows) + "\n")
+    atomic_write_text(out / "trials.md", trial_table(rows) + "\n")
     atomic_write_json(out / "trials.json", rows)
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def trial_table(rows: list[dict[str, Any]]) -> str:
     """The trial table as Markdown."""
     cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "error"]
 
     def cell(v):
         return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(cols, [[cell(r.get(c)) for c in cols] for r in rows])
 
 
 def best_config(base: Config, values: dict[str, Any]) -> Config:

@@ -9,13 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edge_runtime.dirswap import swap_dir
-from edge_runtime.manifest import atomic_write_bytes as _device_atomic_write
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` beside `path`, fsync, rename over it (the device side's own writer)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    _device_atomic_write(path, data)
+from edge_runtime.files import atomic_write_bytes  # the device side's writer: temp, fsync, rename
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -22,7 +22,7 @@ def test_bench_switcher_smoke(portfolio, tmp_path):
     rss = doc["rss_mb"]
     assert 0 < rss["runtime_only"] < rss["switcher_all_preloaded"]
     assert "decision + switch" in res.stdout
-    st = doc["startup"]           # issue 16: cost of checking files in a child process first
+    st = doc["startup"]           # the cost of checking files in a child process first
     assert st["portfolio"] == "synthetic" and st["variants"] == st["available"] == 6
     assert st["probed_first"] == 6 and st["probed_cached"] == 0
     assert min(st["unprotected_ms"], st["first_start_ms"], st["cached_start_ms"]) > 0

@@ -1,4 +1,4 @@
-"""Corrupt files, failing invokes and non-finite inputs: no crash, no wrong answer (issue 16)."""
+"""Corrupt files, failing invokes and non-finite inputs: no crash, no wrong answer."""
 import json
 import subprocess
 import sys

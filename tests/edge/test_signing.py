@@ -1,4 +1,4 @@
-"""Signed portfolios (Ed25519): keygen and signing on the host, refusal on the device (issue 16).
+"""Signed portfolios (Ed25519): keygen and signing on the host, refusal on the device.
 
 Runs in the TensorFlow-free environment: ``shifter_tf.export.signing`` and the ``keygen``/``sign``
 commands import no TensorFlow.
