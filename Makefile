@@ -25,7 +25,7 @@ $(EDGE)/.installed: requirements-edge.txt constraints-edge.txt setup.cfg
 	$(EPIP) install -q --no-deps -e .
 	touch $@
 
-# Benchmark-only environment for Sony's model-compression-toolkit (tools/bench_mct.py): MCT 2.6.1
+# Benchmark-only environment for Sony's model-compression-toolkit (tools.bench.mct): MCT 2.6.1
 # needs TensorFlow 2.15 / Keras 2 / numpy 1 (constraints-mct.txt). Never used by demo or test.
 $(MCT)/.installed: constraints-mct.txt
 	test -d $(MCT) || $(PYTHON) -m venv $(MCT)
@@ -47,18 +47,26 @@ test-edge: $(EDGE)/.installed
 
 # Regenerate the small .tflite fixtures the edge tests use (needs the host environment).
 edge-fixtures: $(VENV)/.installed
-	$(VENV)/bin/python tools/make_edge_fixtures.py
+	$(VENV)/bin/python -m tools.edge_fixtures
 
+# The benchmark suite (tools/bench/): bench/results.json, RESULTS.md, PARETO.md, plots.
 bench: $(VENV)/.installed $(EDGE)/.installed $(MCT)/.installed
-	$(VENV)/bin/python tools/bench_all.py --out bench --run $(RUN)
+	$(VENV)/bin/python -m tools.bench.all --out bench --run $(RUN)
 
 # The MCT peer alone: export RUN's dense model and the data split, prune/fine-tune/convert
 # (resumable; minutes per target) into bench/mct/.
 .PHONY: bench-mct
 bench-mct: $(VENV)/.installed $(MCT)/.installed
-	$(VENV)/bin/python tools/export_bench_data.py --run $(RUN) --config $(CONFIG) \
+	$(VENV)/bin/python -m tools.bench.export_data --run $(RUN) --config $(CONFIG) \
 		--out bench/mct_data.npz
-	$(MCT)/bin/python tools/bench_mct.py --data bench/mct_data.npz --out bench
+	$(MCT)/bin/python -m tools.bench.mct --data bench/mct_data.npz --out bench
+
+# On-demand study, not part of `make bench`: does rounding kept channels up to multiples of 4 or 8
+# buy XNNPACK latency? Writes bench/raw/simd.json, then re-renders PARETO.md (and RESULTS.md).
+.PHONY: bench-simd
+bench-simd: $(VENV)/.installed
+	$(VENV)/bin/python -m tools.studies.simd --run $(RUN) --out bench
+	$(VENV)/bin/python -m tools.bench.report --out bench --render-only
 
 clean:
 	rm -rf $(VENV) $(EDGE) $(MCT) *.egg-info .pytest_cache

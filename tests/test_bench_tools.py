@@ -1,5 +1,4 @@
-"""Smoke tests of the benchmark suite of issue 7 (tools/bench_*.py), fast: no model building."""
-import importlib.util
+"""Smoke tests of the benchmark suite (tools.bench), fast: no model building."""
 import json
 import math
 import subprocess
@@ -9,20 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tools.bench import common, numbers, report
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "edge" / "fixtures" / "portfolio" / "variants"
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("ratio", [2, 16, 256])
 def test_synthetic_masks_exact_density_and_growing_structure(ratio):
-    deploy = _tool("bench_deploy")
+    from tools.bench import deploy
     rng = np.random.default_rng(0)
     weights = {"c1": rng.normal(0, 0.3, (3, 3, 3, 16)).astype(np.float32),
                "c2": rng.normal(0, 0.05, (3, 3, 16, 64)).astype(np.float32),
@@ -40,7 +34,7 @@ def test_synthetic_masks_exact_density_and_growing_structure(ratio):
 
 
 def test_synthetic_structure_grows_with_compression():
-    deploy = _tool("bench_deploy")
+    from tools.bench import deploy
     rng = np.random.default_rng(1)
     weights = {"a": rng.normal(0, 0.1, (3, 3, 8, 32)).astype(np.float32),
                "b": rng.normal(0, 0.05, (3, 3, 32, 64)).astype(np.float32)}
@@ -63,7 +57,7 @@ def test_bench_latency_interleaved_and_memory(tmp_path):
             "memory": {"fixture/dense": str(FIXTURES / "L00-dense-fp32.tflite")}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     out = tmp_path / "lat.json"
-    res = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_latency.py"),
+    res = subprocess.run([sys.executable, "-m", "tools.bench.latency",
                           str(tmp_path / "spec.json"), "--out", str(out)],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -79,8 +73,6 @@ def test_bench_latency_interleaved_and_memory(tmp_path):
 
 
 def test_report_renders_from_minimal_results(tmp_path):
-    report = _tool("bench_report")
-    numbers = _tool("bench_numbers")
     variant = lambda b, macs, nz, acc=None: {  # noqa: E731
         "file": "x.tflite", "bytes": b, "gzip_bytes": b // 2, "params_total": 10,
         "params_nonzero": 5, "macs": macs, "macs_nonzero": nz, "accuracy": acc, "sha256": "0"}
@@ -94,8 +86,8 @@ def test_report_renders_from_minimal_results(tmp_path):
                                     "sparse": variant(1000, 100, 25, 0.9)}}]}
     by = {"threads": 1, "rounds": 5, "block": 3,
           "variants": {k: {"median_ms": 1.0, "p10_ms": 1.0, "p90_ms": 1.0, "load_ms": 1.0}
-                       for k in numbers.VARIANTS},
-          "vs_reference": {k: {"median": 1.5, "q25": 1.4, "q75": 1.6} for k in numbers.VARIANTS},
+                       for k in common.VARIANTS},
+          "vs_reference": {k: {"median": 1.5, "q25": 1.4, "q75": 1.6} for k in common.VARIANTS},
           "pairs": {"tfmot_sparse/pruned": {"median": 1.5, "q25": 1.4, "q75": 1.6}}}
     lat = {"host": {"groups": [{"id": "demo/L01", "by_threads": [by]}]}}
     fam = numbers.family_results("demo", doc, lat)
@@ -110,7 +102,6 @@ def test_report_renders_from_minimal_results(tmp_path):
 
 
 def test_pareto_coverage_and_report(tmp_path):
-    rep = _tool("pareto_report")
     pt = lambda i, src, kind, acc, ms, level=None: {  # noqa: E731
         "id": i, "source": src, "kind": kind, "accuracy": acc, "ms": ms, "level": level,
         "speedup": 0.1 / ms, "bytes": 1000, "params": 10}
@@ -119,8 +110,9 @@ def test_pareto_coverage_and_report(tmp_path):
     near = pt("baseline/w0.5_e6", "baseline_e6", "dense", 0.978, 0.037)    # 0.2 pt, 1.08x
     far = pt("baseline/w0.25_e6", "baseline_e6", "dense", 0.960, 0.02)     # 2x faster
     better = pt("mct/x", "mct", "pruned+finetuned", 0.99, 0.04)            # 1.4 pt better
-    assert rep.covers(fast, near) and not rep.covers(fast, far) and not rep.covers(fast, better)
-    assert rep.coverage([dense, fast], near) is fast
+    assert numbers.covers(fast, near) and not numbers.covers(fast, far) and \
+        not numbers.covers(fast, better)
+    assert numbers.coverage([dense, fast], near) is fast
     doc = {"points": [dense, fast, near, far, better], "level_epochs": 6, "run_epochs": 54,
            "test_size": 1000, "dense": dense["id"],
            "run_levels": [{"level": 3, "density": 0.3, "test_accuracy": 0.976,
@@ -128,7 +120,7 @@ def test_pareto_coverage_and_report(tmp_path):
            "arms": {"paper": {"sets": "lottery.structure=none",
                               "levels": [{"level": 3, "density": 0.3, "test_accuracy": 0.97,
                                           "zero_filters": 0}]}}}
-    text = rep.render(doc, tmp_path)
+    text = report.render_pareto(doc, tmp_path)
     assert "Width-scaled baselines covered: **1 of 2**" in text
     assert "Not covered: baseline/w0.25_e6" in text and "Not covered: mct/x" in text
     assert "| 3 | 0.300 | 0.976 / 12 / 2.50× | 0.970 / 0 / floor |" in text

@@ -1,28 +1,22 @@
-"""The numbers of the benchmark report: assemble bench/results.json from the files of one
-`tools/bench_all.py` run (no measuring here: every figure comes from those files), plus the
-headline and "where we are behind" lines derived from them. `bench_report.py` renders them.
+"""The numbers of the benchmark reports: assemble bench/results.json from the files of one
+`tools.bench.all` run (no measuring here: every figure comes from those files), the headline and
+"where we are behind" lines derived from them, and the Pareto coverage rule.
+`tools.bench.report` renders them.
 """
 from __future__ import annotations
 
 import json
-import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from tools.bench.common import level_tag, median
 
-VARIANTS = ("dense", "pruned", "pruned_sparse", "tfmot_sparse", "sparse")
-LABELS = {
-    "dense": "(d) dense fp32",
-    "pruned": "(a) ours: pruned fp32",
-    "pruned_sparse": "(a+) ours + sparse encoding",
-    "tfmot_sparse": "(b) tfmot: strip_pruning + EXPERIMENTAL_SPARSITY",
-    "sparse": "(c) sparse fp32",
-}
+# A peer point is *covered* when a deployed variant is at most 0.5 point less accurate and at
+# most 1.1x slower (1 thread, interleaved medians): the user gets at least the same from the
+# portfolio.
+ACC_SLACK, LAT_SLACK = 0.005, 1.1
+
 FAMILY_TITLES = {"vgg16": "VGG-16 (CIFAR shape 32x32x3, 10 classes)",
                  "resnet56": "ResNet-56 (CIFAR shape 32x32x3, 10 classes)",
                  "demo": "Embedded default: trained IMP portfolio (vgg_small, mnist5k)"}
@@ -55,9 +49,15 @@ def _load(path: Path) -> Optional[Any]:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
+def covers(v: dict, b: dict) -> bool:
+    """Deployed point v is at least as good as peer point b, within the slack."""
+    return v["accuracy"] >= b["accuracy"] - ACC_SLACK and v["ms"] <= LAT_SLACK * b["ms"]
+
+
+def coverage(deployed: list[dict], baseline: dict) -> dict | None:
+    """The best deployed variant covering `baseline` (most accurate, then fastest), or None."""
+    ok = [v for v in deployed if covers(v, baseline)]
+    return max(ok, key=lambda v: (v["accuracy"], -v["ms"])) if ok else None
 
 
 # ============================================================================ assemble
@@ -94,7 +94,7 @@ def family_results(family: str, doc: dict, lat: dict) -> dict:
     groups = {rt: {g["id"]: g for g in v["groups"]} for rt, v in lat.items()}
     levels = []
     for lv in doc["levels"]:
-        tag = f"cr{lv['compression']:03d}" if doc["kind"] == "synthetic" else f"L{lv['level']:02d}"
+        tag = level_tag(doc["kind"], lv["level"], lv["compression"])
         v = dict(lv["variants"])
         v["dense"] = dense
         ideal = {k: dense["macs"] / max(x["macs"], 1) for k, x in v.items()}
@@ -187,7 +187,7 @@ def switching_results(sw: Optional[dict]) -> dict:
     dec_ms = sw["decide_us"]["p50"] / 1e3
     ds_ms = sw["decide_switch_us"]["p50"] / 1e3
     return {
-        "source": "tools/bench_switcher.py", "backend": sw["backend"], "variants": sw["variants"],
+        "source": "tools.bench.switcher", "backend": sw["backend"], "variants": sw["variants"],
         "threads": sw["threads"], "repeats": sw["repeats"], "portfolio": sw["portfolio"],
         "decide_ms": {k: v / 1e3 for k, v in sw["decide_us"].items()},
         "decide_switch_ms": {k: v / 1e3 for k, v in sw["decide_switch_us"].items()},
@@ -208,21 +208,21 @@ def surgery_results(sg: Optional[dict], deployment: dict) -> dict:
     res: dict = {}
     if sg:
         rows = sg["rows"]
-        res = {"source": "tools/bench_surgery.py", "meta": sg.get("meta"), "rows": rows}
+        res = {"source": "tools.bench.surgery", "meta": sg.get("meta"), "rows": rows}
         for model in sorted({r["model"] for r in rows}):
             ms = [r["rewrite_ms_median"] for r in rows if r["model"] == model]
-            res[f"{model}_rewrite_ms"] = {"min": min(ms), "median": _med(ms), "max": max(ms)}
+            res[f"{model}_rewrite_ms"] = {"min": min(ms), "median": median(ms), "max": max(ms)}
             old = [r["rewrite_ms_median_before"] for r in rows
                    if r["model"] == model and r.get("rewrite_ms_median_before") is not None]
-            if old:   # the same rows timed with the code before issue 17, in the same run
-                res[f"{model}_rewrite_ms_before"] = {"min": min(old), "median": _med(old),
+            if old:   # the same rows timed with the baseline commit's code, in the same run
+                res[f"{model}_rewrite_ms_before"] = {"min": min(old), "median": median(old),
                                                      "max": max(old)}
         res["export"] = sg.get("export")
     own = {}
     for family, f in deployment.items():
         ms = [lv["surgery"]["rewrite_ms"] for lv in f["levels"] if lv["surgery"].get("rewrite_ms")]
         if ms:
-            own[family] = {"min": min(ms), "median": _med(ms), "max": max(ms), "n": len(ms)}
+            own[family] = {"min": min(ms), "median": median(ms), "max": max(ms), "n": len(ms)}
     res["deploy_rewrites"] = own
     return res
 

@@ -1,7 +1,7 @@
-"""The benchmark suite of issue 7: `make bench` -> bench/results.json, bench/RESULTS.md, plots.
+"""The benchmark suite: `make bench` -> bench/results.json, bench/RESULTS.md, PARETO.md, plots.
 
-    .venv/bin/python tools/bench_all.py --out bench [--run runs/demo] [--budget-min 30]
-    .venv/bin/python tools/bench_all.py --out bench --render-only     # re-render RESULTS.md
+    .venv/bin/python -m tools.bench.all --out bench [--run runs/demo] [--budget-min 30]
+    .venv/bin/python -m tools.bench.all --out bench --render-only     # re-render the reports
 
 Phases (each heavy step in its own process, results of every step kept in OUT/raw/):
 
@@ -9,20 +9,20 @@ Phases (each heavy step in its own process, results of every step kept in OUT/ra
    levels, pruned levels and portfolio/manifest.json), else train it with
    `shifter-tf run --config configs/mnist5k_vgg.yaml --out RUN` (resuming a partial RUN), timing
    each phase. Which of the two happened is written in results.json and RESULTS.md.
-2. structured vs unstructured deployment (`tools/bench_deploy.py`): VGG-16 and ResNet-56
+2. structured vs unstructured deployment (`tools.bench.deploy`): VGG-16 and ResNet-56
    (CIFAR shape) with synthetic sparsity at 2x...256x, and the trained levels of RUN; each
    checkpoint as (a) our pruned TFLite, (a+) pruned + sparse encoding, (b) tfmot's path
    (strip_pruning + EXPERIMENTAL_SPARSITY), (c) plain sparse fp32, (d) dense.
-3. latency (`tools/bench_latency.py`), interleaved round by round: 1 and 2 threads in the host
+3. latency (`tools.bench.latency`), interleaved round by round: 1 and 2 threads in the host
    environment (ai_edge_litert), 1 thread in the TensorFlow-free device environment (.venv-edge,
    tflite_runtime 2.14; its 2-thread runs stall for tens of ms whenever the shared machine is
    busy) — different XNNPACK builds, both reported; resident memory per variant in the latter.
-4. the other issues' micro-benchmarks, called as they are: `tools/bench_switcher.py` (switch,
-   decision, memory; device environment) and `tools/bench_surgery.py` (rewrite time).
-5. the Pareto benchmark of issue 12 (`tools/bench_pareto.py`): the deployed portfolio against
-   width-scaled dense baselines, tfmot's path, Reconvene, Sony MCT (`tools/bench_mct.py` in
-   .venv-mct, when that environment exists) and the ablation arms -> OUT/PARETO.md.
-6. `tools/bench_report.py`: results.json, RESULTS.md (with PARETO.md) and plots.
+4. micro-benchmarks: `tools.bench.switcher` (switch, decision, memory; device environment) and
+   `tools.bench.surgery` (rewrite time).
+5. the Pareto benchmark (`tools.bench.pareto`): the deployed portfolio against width-scaled
+   dense baselines, tfmot's path, Reconvene, Sony MCT (`tools.bench.mct` in .venv-mct, when
+   that environment exists) and the ablation arms -> OUT/PARETO.md.
+6. `tools.bench.report`: results.json, RESULTS.md (with PARETO.md) and plots.
 
 The machine is shared: latency is measured after all building is done, never concurrently with
 our own jobs, and ratios are taken pair by pair; the 1-minute load average is recorded.
@@ -38,39 +38,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from shifter_tf.util.io import atomic_write_json  # (no TensorFlow import)
+from tools.bench.common import (DEFAULT_CONFIG, DEFAULT_RUN, ROOT, VARIANTS, child_env,
+                                edge_python, host_python, level_tag, logger, mct_python,
+                                module_cmd)
 
-from shifter_tf.util.io import atomic_write_json  # noqa: E402  (no TensorFlow import)
-
-TOOLS = ROOT / "tools"
-DEFAULT_CONFIG = "configs/mnist5k_vgg.yaml"
-VARIANT_ORDER = ("dense", "pruned", "pruned_sparse", "tfmot_sparse", "sparse")
+log = logger("bench")
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def host_python() -> str:
-    venv = ROOT / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
-
-
-def edge_python() -> Optional[str]:
-    p = ROOT / ".venv-edge" / "bin" / "python"
-    return str(p) if p.exists() else None
-
-
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return env
+def bench_cmd(python, name: str, *args) -> list:
+    """argv of the benchmark module tools.bench.<name> under `python`."""
+    return module_cmd(python, f"tools.bench.{name}", *args)
 
 
 class Step:
@@ -158,9 +137,8 @@ def memory_files(deploys: dict) -> dict:
         picks = [levels[-1]] if doc["kind"] == "trained" else \
             [levels[0], levels[len(levels) // 2], levels[-1]]
         for lv in {id(x): x for x in picks}.values():
-            tag = f"cr{lv['compression']:03d}" if doc["kind"] == "synthetic" \
-                else f"L{lv['level']:02d}"
-            for key in VARIANT_ORDER[1:]:
+            tag = level_tag(doc["kind"], lv["level"], lv["compression"])
+            for key in VARIANTS[1:]:
                 if key in lv["variants"]:
                     files[f"{family}/{tag}/{key}"] = str(base / lv["variants"][key]["file"])
     return files
@@ -172,10 +150,9 @@ def latency_spec(deploys: dict, out: Path, rounds: int, threads: list, deadline:
     for family, d in deploys.items():
         base = Path(d["dir"])
         for lv in d["doc"]["levels"]:
-            tag = f"cr{lv['compression']:03d}" if d["doc"]["kind"] == "synthetic" \
-                else f"L{lv['level']:02d}"
+            tag = level_tag(d["doc"]["kind"], lv["level"], lv["compression"])
             variants = {"dense": str(base / d["doc"]["dense"]["file"])}
-            for key in VARIANT_ORDER[1:]:
+            for key in VARIANTS[1:]:
                 if key in lv["variants"]:
                     variants[key] = str(base / lv["variants"][key]["file"])
             groups.append({"id": f"{family}/{tag}", "reference": "dense", "variants": variants,
@@ -194,7 +171,7 @@ def latency_spec(deploys: dict, out: Path, rounds: int, threads: list, deadline:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench")
-    ap.add_argument("--run", default="runs/demo", help="embedded default run folder")
+    ap.add_argument("--run", default=DEFAULT_RUN, help="embedded default run folder")
     ap.add_argument("--config", default=DEFAULT_CONFIG)
     ap.add_argument("--no-train", action="store_true",
                     help="fail instead of training when RUN is incomplete")
@@ -216,13 +193,15 @@ def main(argv=None) -> int:
                     help="wall budget; latency rounds shrink when it runs out")
     ap.add_argument("--jobs", type=int, default=2, help="parallel model builders")
     ap.add_argument("--render-only", action="store_true",
-                    help="only re-render RESULTS.md and plots from OUT/results.json")
+                    help="only re-render RESULTS.md, PARETO.md and the plots from "
+                         "OUT/results.json and OUT/raw/pareto.json")
     args = ap.parse_args(argv)
 
     out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
     if args.render_only:
-        run_step("report", [host_python(), TOOLS / "bench_report.py", "--out", out,
-                            "--render-only"], out / "logs", check=True)
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        run_step("report", bench_cmd(host_python(), "report", "--out", out, "--render-only"),
+                 out / "logs", check=True)
         return 0
     start_wall = time.time()
     start = time.perf_counter()
@@ -231,7 +210,7 @@ def main(argv=None) -> int:
     for d in (raw, logs, models):
         d.mkdir(parents=True, exist_ok=True)
     run = (ROOT / args.run).resolve() if not Path(args.run).is_absolute() else Path(args.run)
-    meta = {"command": "make bench  (= .venv/bin/python tools/bench_all.py --out bench)",
+    meta = {"command": "make bench  (= .venv/bin/python -m tools.bench.all --out bench)",
             "argv": " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv)),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(start_wall)),
             "machine": f"{platform.machine()} {platform.system()} {platform.release()}",
@@ -253,12 +232,12 @@ def main(argv=None) -> int:
     jobs = []
     if "synthetic" not in args.skip:
         for m in args.models:
-            jobs.append((m, [host_python(), TOOLS / "bench_deploy.py", "synthetic", "--model", m,
-                             "--ratios", *args.ratios, "--alpha", args.alpha,
-                             "--out", models / m]))
+            jobs.append((m, bench_cmd(host_python(), "deploy", "synthetic", "--model", m,
+                                      "--ratios", *args.ratios, "--alpha", args.alpha,
+                                      "--out", models / m)))
     if "trained" not in args.skip:
-        jobs.append(("demo", [host_python(), TOOLS / "bench_deploy.py", "trained",
-                              "--run", run, "--out", models / "demo"]))
+        jobs.append(("demo", bench_cmd(host_python(), "deploy", "trained",
+                                       "--run", run, "--out", models / "demo")))
     running: list = []
     for name, cmd in jobs:
         while len(running) >= max(1, args.jobs):
@@ -274,13 +253,12 @@ def main(argv=None) -> int:
     # 3. surgery and switcher micro-benchmarks (quick, before the long latency runs)
     t = time.perf_counter()
     if "surgery" not in args.skip:
-        run_step("surgery", [host_python(), TOOLS / "bench_surgery.py", "--out",
-                             raw / "surgery.json", "--runs", args.surgery_runs], logs,
-                 check=False)
+        run_step("surgery", bench_cmd(host_python(), "surgery", "--out", raw / "surgery.json",
+                                      "--runs", args.surgery_runs), logs, check=False)
     if "switcher" not in args.skip:
         py = edge_python() or host_python()
-        run_step("switcher", [py, TOOLS / "bench_switcher.py", run / "portfolio", "--out",
-                              raw / "switcher.json", "--repeats", args.switcher_repeats],
+        run_step("switcher", bench_cmd(py, "switcher", run / "portfolio", "--out",
+                                       raw / "switcher.json", "--repeats", args.switcher_repeats),
                  logs, check=False)
     phases["micro"] = time.perf_counter() - t
 
@@ -302,26 +280,25 @@ def main(argv=None) -> int:
         spec = latency_spec(deploys, raw / f"latency_{rt}_spec.json", args.rounds,
                             threads, deadline if rt == "host" else deadline + 90, cap,
                             memory=(rt == args.runtimes[-1]))
-        run_step(f"latency_{rt}", [py, TOOLS / "bench_latency.py", spec, "--out",
-                                   raw / f"latency_{rt}.json"], logs, check=(rt == "host"))
+        run_step(f"latency_{rt}", bench_cmd(py, "latency", spec, "--out",
+                                            raw / f"latency_{rt}.json"), logs,
+                 check=(rt == "host"))
     phases["latency"] = time.perf_counter() - t
 
-    # 5. the Pareto benchmark of issue 12: MCT (own environment), baselines, tfmot, Reconvene,
-    #    ablation arms; all timed interleaved in one process (cached, so reruns are quick)
+    # 5. the Pareto benchmark: MCT (own environment), baselines, tfmot, Reconvene, ablation
+    #    arms; all timed interleaved in one process (cached, so reruns are quick)
     t = time.perf_counter()
     if "pareto" not in args.skip:
-        mct_py = ROOT / ".venv-mct" / "bin" / "python"
-        if "mct" not in args.skip and mct_py.exists():
+        mct_py = mct_python()
+        if "mct" not in args.skip and mct_py:
             data = out / "mct_data.npz"
-            run_step("mct_data", [host_python(), TOOLS / "export_bench_data.py", "--run", run,
-                                  "--config", args.config, "--out", data], logs)
-            # bench_mct redoes a target whose dense model or settings changed, keeps the others
-            run_step("mct", [mct_py, TOOLS / "bench_mct.py", "--data", data, "--out", out],
-                     logs, check=False)
-        run_step("simd", [host_python(), TOOLS / "bench_simd.py", "--run", run, "--out", out],
-                 logs, check=False)
-        run_step("pareto", [host_python(), TOOLS / "bench_pareto.py", "--run", run,
-                            "--config", args.config, "--out", out], logs)
+            run_step("mct_data", bench_cmd(host_python(), "export_data", "--run", run,
+                                           "--config", args.config, "--out", data), logs)
+            # the MCT step redoes a target whose dense model or settings changed, keeps the others
+            run_step("mct", bench_cmd(mct_py, "mct", "--data", data, "--out", out), logs,
+                     check=False)
+        run_step("pareto", bench_cmd(host_python(), "pareto", "--run", run,
+                                     "--config", args.config, "--out", out), logs)
     phases["pareto"] = time.perf_counter() - t
 
     meta["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
@@ -331,7 +308,7 @@ def main(argv=None) -> int:
     atomic_write_json(raw / "meta.json", meta)
 
     # 6. results.json, RESULTS.md, plots
-    run_step("report", [host_python(), TOOLS / "bench_report.py", "--out", out], logs)
+    run_step("report", bench_cmd(host_python(), "report", "--out", out), logs)
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min: {out / 'RESULTS.md'}")
     return 0
 

@@ -1,12 +1,16 @@
 """Does rounding kept channel counts up to SIMD-friendly multiples buy XNNPACK latency?
 
-    .venv/bin/python tools/bench_simd.py --run runs/demo --out bench
+    .venv/bin/python -m tools.studies.simd --run runs/demo --out bench     # or: make bench-simd
 
 For a few levels of RUN, the pruned widths (alive filters per conv, from lottery.json) are built
 as-is and rounded up to multiples of 4 and 8 (keeping a few zero channels would make such a model
 exactly equal to the pruned one; only its shape matters for speed), converted to fp32 TFLite and
-timed interleaved at 1 thread. Writes OUT/raw/simd.json. VGG-style runs only (the zoo's
+timed interleaved at 1 thread. Writes OUT/raw/simd.json, which PARETO.md shows from its next
+render (`python -m tools.bench.report --out OUT --render-only`). VGG-style runs only (the zoo's
 `build_vgg`): the widths are laid out as the config's conv stack.
+
+An on-demand study, not part of `make bench`: on the embedded default, rounding up never made a
+variant faster (1.01-1.88x slower), so the rewriter keeps exact channel counts.
 """
 from __future__ import annotations
 
@@ -18,12 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT, ROOT / "tools"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from shifter_tf.util.io import atomic_write_json  # noqa: E402
+from shifter_tf.util.io import atomic_write_json
+from tools.bench.common import DEFAULT_RUN, ROOT, child_env, module_cmd
 
 MULTIPLES = (1, 4, 8)
 
@@ -47,7 +47,7 @@ def layouts(run: Path, levels: list[int]) -> dict[str, list]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default="runs/demo")
+    ap.add_argument("--run", default=DEFAULT_RUN)
     ap.add_argument("--out", default="bench")
     ap.add_argument("--levels", type=int, nargs="+", default=None)
     ap.add_argument("--rounds", type=int, default=21)
@@ -79,9 +79,9 @@ def main(argv=None) -> int:
             "warmup": 3, "groups": [{"id": "simd", "reference": next(iter(variants)),
                                      "variants": variants}]}
     (work / "spec.json").write_text(json.dumps(spec))
-    subprocess.run([sys.executable, str(ROOT / "tools" / "bench_latency.py"),
-                    str(work / "spec.json"), "--out", str(work / "lat.json")], check=True,
-                   capture_output=True)
+    subprocess.run(module_cmd(sys.executable, "tools.bench.latency", work / "spec.json",
+                              "--out", work / "lat.json"),
+                   check=True, capture_output=True, cwd=ROOT, env=child_env())
     res = json.loads((work / "lat.json").read_text())["groups"][0]["by_threads"][0]
     rows = [{"id": k, "level": k.split("_")[0], "multiple": int(k.split("_x")[1]),
              "widths": widths[k], "ms": res["variants"][k]["median_ms"]} for k in variants]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import shifter_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from shifter_tf.train import lottery
-from shifter_tf.train import engine as T
+from shifter_tf.train import engine
 from shifter_tf.config.schema import load_config
 from shifter_tf.data.loaders import load_dataset
 from shifter_tf.export.evaluate import accuracy
@@ -62,16 +62,16 @@ def cached_baseline(config: str, folder: Path, width: float, epochs: int) -> dic
         return hit
     cfg = load_config(config)
     data = _data(cfg)
-    tr = replace(T.scaled(cfg.train, epochs), verbose=0)
+    tr = replace(engine.scaled(cfg.train, epochs), verbose=0)
     import tf_keras as keras
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg.model.name, data.input_shape, data.num_classes,
                         **{**cfg.model.kwargs, "width": width})
-    T.compile_model(model, tr, T.steps_per_epoch(data, tr.batch_size))
+    engine.compile_model(model, tr, engine.steps_per_epoch(data, tr.batch_size))
     t = time.perf_counter()
     print(f"  baseline width {width} x {epochs} epochs", flush=True)
-    T.fit(model, data, tr, seed=cfg.seed, what=pid)
+    engine.fit(model, data, tr, seed=cfg.seed, what=pid)
     return _point(folder, pid, model, data,
                   {"source": f"baseline_e{epochs}", "kind": "dense", "width": width,
                    "epochs": epochs, "train_s": round(time.perf_counter() - t, 1)})

@@ -1,6 +1,6 @@
 """Benchmark the edge switcher: switch and decision time, cold loads, memory of the strategies.
 
-    python tools/bench_switcher.py PORTFOLIO --out bench/switcher.json [--repeats 5]
+    python -m tools.bench.switcher PORTFOLIO --out bench/switcher.json [--repeats 5]
 
 Runs with either environment (.venv-edge: tflite_runtime; .venv: ai_edge_litert). Every
 measurement runs in a fresh child process, ``--repeats`` times, and the median is reported, so
@@ -14,7 +14,8 @@ resident memory is not polluted by earlier measurements. Compared strategies (DN
 
 "Cold load" is a new interpreter from a file in the OS page cache (a warm disk), per variant.
 
-Start-up cost of the protection against corrupt files (issue 16): ``EdgeSwitcher.from_portfolio``
+Start-up cost of the protection against corrupt files (each file loaded and run once in a child
+process before the switcher opens it): ``EdgeSwitcher.from_portfolio``
 with every variant preloaded, timed inside a fresh process, (a) unprotected (``safe_load=False``),
 (b) first start: every file is loaded and run once in a child process before this process opens
 it, (c) later starts: the verdicts come from the sha256-keyed cache. ``--startup-variants N``
@@ -36,14 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _pcts(xs: List[float]) -> Dict[str, float]:
-    import numpy as np
-    a = np.asarray(xs, dtype=np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99))}
+from tools.bench.common import ROOT, child_env, module_cmd, percentiles
 
 
 # ------------------------------------------------------------------------------------ children
@@ -79,7 +73,7 @@ def child(mode: str, portfolio: str, iters: int, threads: int) -> Dict[str, Any]
             t0 = time.perf_counter()
             sw.switch_to(ids[i % len(ids)])
             sw_us.append((time.perf_counter() - t0) * 1e6)
-        out["switch_us"] = _pcts(sw_us)
+        out["switch_us"] = percentiles(sw_us)
         # decision time without a switch (steady state), and decision + switch
         sw.resume_policy()
         sw.estimator.learn = False
@@ -91,7 +85,7 @@ def child(mode: str, portfolio: str, iters: int, threads: int) -> Dict[str, Any]
             t0 = time.perf_counter()
             sw.decide()
             dec_us.append((time.perf_counter() - t0) * 1e6)
-        out["decide_us"] = _pcts(dec_us)
+        out["decide_us"] = percentiles(dec_us)
         budgets = [max(lat)[0] * 2, min(lat)[0] * 0.5] if len(lat) > 1 else [None, None]
         ds_us, switched = [], 0
         for i in range(iters):
@@ -101,7 +95,7 @@ def child(mode: str, portfolio: str, iters: int, threads: int) -> Dict[str, Any]
             sw.decide()
             ds_us.append((time.perf_counter() - t0) * 1e6)
             switched += sw.active != before
-        out["decide_switch_us"] = _pcts(ds_us)
+        out["decide_switch_us"] = percentiles(ds_us)
         out["decide_switch_fraction_switched"] = switched / iters
         # overhead of EdgeSwitcher.predict (checks, normalisation, policy, stats) vs raw invoke
         sw.set_budget(None)
@@ -167,7 +161,7 @@ def child(mode: str, portfolio: str, iters: int, threads: int) -> Dict[str, Any]
             runner = load_runner(read_variant_file(m.folder, v), threads)
             runner.run(batch)
             times.append((time.perf_counter() - t0) * 1e3)
-        out["switch_ms"] = _pcts(times)
+        out["switch_ms"] = percentiles(times)
         out["rss_mb"] = rss_mb()
         out["peak_rss_mb"] = peak_rss_mb()
     else:
@@ -177,15 +171,10 @@ def child(mode: str, portfolio: str, iters: int, threads: int) -> Dict[str, Any]
 
 def run_child(mode: str, args: argparse.Namespace, portfolio: str = "",
               cache: str = "") -> Dict[str, Any]:
-    env = dict(os.environ)
-    if cache:
-        env["EDGE_RUNTIME_CACHE"] = cache
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cmd = [sys.executable, str(Path(__file__).resolve()), portfolio or args.portfolio,
-           "--child", mode,
-           "--iters", str(args.iters), "--threads", str(args.threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    env = child_env(**({"EDGE_RUNTIME_CACHE": cache} if cache else {}))
+    cmd = module_cmd(sys.executable, "tools.bench.switcher", portfolio or args.portfolio,
+                     "--child", mode, "--iters", args.iters, "--threads", args.threads)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"child {mode} failed:\n{res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -193,7 +182,6 @@ def run_child(mode: str, args: argparse.Namespace, portfolio: str = "",
 
 def replicate_portfolio(src: str, n: int, dst: Path) -> Path:
     """A portfolio of ``n`` variants made of ``src``'s files, each copy with its own sha256."""
-    sys.path.insert(0, str(ROOT))
     from edge_runtime.manifest import file_entry, load_manifest, write_manifest
 
     m = load_manifest(src)

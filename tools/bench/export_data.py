@@ -1,7 +1,7 @@
 """Export the embedded default's data split and a run's dense model for benchmark-only peers.
 
 Peers that live in environments of their own (Sony's model-compression-toolkit needs TensorFlow
-2.15 / Keras 2 / numpy 1, see tools/bench_mct.py) cannot import shifter_tf. This writes one .npz
+2.15 / Keras 2 / numpy 1, see tools.bench.mct) cannot import shifter_tf. This writes one .npz
 holding everything they need, exactly as the pipeline sees it:
 
 - x_train, y_train, x_val, y_val, x_test, y_test: raw pixels (float32, 0..255) and int64 labels
@@ -13,7 +13,7 @@ holding everything they need, exactly as the pipeline sees it:
 - recipe_json: the config's train section (optimiser, lr, momentum, weight decay, epochs, batch,
   warm-up, milestones, gamma), so a peer fine-tunes with our recipe.
 
-Run in the main environment:  .venv/bin/python tools/export_bench_data.py --run runs/demo \
+Run in the main environment:  .venv/bin/python -m tools.bench.export_data --run runs/demo \
     --out bench/mct_data.npz
 """
 from __future__ import annotations
@@ -23,10 +23,12 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from shifter_tf.util.io import atomic_save
+from tools.bench.common import DEFAULT_CONFIG, DEFAULT_RUN
 
 
 def keras2_json(model) -> str:
@@ -80,12 +82,7 @@ def export(run: Path, config: Path, out: Path) -> dict:
     }
     for i, w in enumerate(weights):
         arrays[f"weight_{i}"] = w
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz")
-    os.close(fd)
-    np.savez_compressed(tmp, **arrays)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
+    atomic_save(out, lambda tmp: np.savez_compressed(tmp, **arrays))
     return {"out": str(out), "train": len(data.x_train), "val": len(data.x_val),
             "test": len(data.x_test), "params": int(model.count_params()),
             "weights": len(weights)}
@@ -93,9 +90,9 @@ def export(run: Path, config: Path, out: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, default=Path(os.environ.get("RUN", "runs/demo")),
+    ap.add_argument("--run", type=Path, default=Path(os.environ.get("RUN", DEFAULT_RUN)),
                     help="finished run whose levels/level_00/model.keras is the dense model")
-    ap.add_argument("--config", type=Path, default=Path("configs/mnist5k_vgg.yaml"),
+    ap.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG),
                     help="config whose data section and seed give the split (the run's own)")
     ap.add_argument("--out", type=Path, default=Path("bench/mct_data.npz"))
     args = ap.parse_args(argv)

@@ -2,12 +2,13 @@
 on VGG-16 (32x32x3, 10 classes) and ResNet-50 (64x64x3, 200 classes: the paper's TinyImageNet
 setting) at 90-99.6 % global-magnitude sparsity of Kaiming-initialised weights.
 
-    python tools/bench_surgery.py --out bench/surgery.json [--runs 5] [--models vgg16 resnet50]
+    python -m tools.bench.surgery --out bench/surgery.json [--runs 5] [--models vgg16 resnet50]
         [--baseline COMMIT | --baseline ''] [--no-export] [--export-workers N]
 
-Each row is also timed with the shifter_tf of --baseline (default: the commit before issue 17)
-in a subprocess, for a before/after from one run; --export times a demo-shaped 44-variant
-portfolio export serially and in parallel (and checks the files are byte-identical).
+Each row is also timed with the shifter_tf of --baseline (default: the last commit before the
+rewrite was made faster and export parallel) in a subprocess, for a before/after from one run;
+--export times a demo-shaped 44-variant portfolio export serially and in parallel (and checks
+the files are byte-identical).
 
 Sparsity: the smallest |w| over all Conv/Dense kernels are zeroed, one global threshold (as the
 paper's IMP ranks weights). BN keeps its initial statistics (gamma=1, beta=0, mean=0, var=1),
@@ -24,7 +25,10 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -37,14 +41,15 @@ import tf_keras as keras
 
 from shifter_tf.models import build_model, iter_layers
 from shifter_tf.surgery import count_params_and_macs, prune_structured
+from tools.bench.common import DEFAULT_CONFIG, ROOT, child_env, module_cmd
 
-L = keras.layers
 SETTINGS = {"vgg16": ((32, 32, 3), 10), "resnet50": ((64, 64, 3), 200)}
 SPARSITIES = (0.90, 0.95, 0.98, 0.99, 0.996)
 
 
 def kernels(model) -> list:
-    return [l for l in iter_layers(model) if type(l) in (L.Conv2D, L.Dense)]
+    return [l for l in iter_layers(model)
+            if type(l) in (keras.layers.Conv2D, keras.layers.Dense)]
 
 
 def global_magnitude(model, sparsity: float) -> None:
@@ -59,7 +64,7 @@ def global_magnitude(model, sparsity: float) -> None:
 
 
 def dead_filter_fraction(model) -> float:
-    convs = [l for l in kernels(model) if type(l) is L.Conv2D]
+    convs = [l for l in kernels(model) if type(l) is keras.layers.Conv2D]
     dead = sum(int((~l.kernel.numpy().reshape(-1, l.filters).any(0)).sum()) for l in convs)
     return dead / sum(l.filters for l in convs)
 
@@ -67,7 +72,7 @@ def dead_filter_fraction(model) -> float:
 def zero_l1_filters(model, fraction: float) -> None:
     """Zero the `fraction` of filters with the smallest L1 norm in every conv layer."""
     for layer in kernels(model):
-        if type(layer) is not L.Conv2D:
+        if type(layer) is not keras.layers.Conv2D:
             continue
         k = layer.kernel.numpy()
         l1 = np.abs(k).reshape(-1, k.shape[-1]).sum(0)
@@ -146,17 +151,15 @@ def demo_candidates(shape: tuple, classes: int, levels: int = 8, fraction: float
     return out
 
 
-BASELINE = "d350c24"   # the code before issue 17 (the rewrite the issue measured)
+# the last commit before the faster rewrite and the parallel export: the "before" rows
+BASELINE = "d350c24"
 
 
 def baseline_tree(commit: str, dest: Path) -> Optional[Path]:
     """`git archive` of shifter_tf/ and edge_runtime/ at `commit` into dest (None if git
     cannot: no repository or a shallow clone without that commit)."""
-    import subprocess
-    import tarfile
-    root = Path(__file__).resolve().parent.parent
     try:
-        blob = subprocess.run(["git", "-C", str(root), "archive", commit, "shifter_tf",
+        blob = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "shifter_tf",
                                "edge_runtime"], check=True, capture_output=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -166,14 +169,14 @@ def baseline_tree(commit: str, dest: Path) -> Optional[Path]:
 
 
 def baseline_rows(tree: Path, model: str, args) -> list:
-    """The same rows measured with the shifter_tf of `tree`, in a subprocess."""
-    import subprocess
+    """The same rows measured with the shifter_tf of `tree`, in a subprocess started in `tree`
+    so that its shifter_tf comes first (the `tools` package from this checkout)."""
     out = tree / f"rows_{model}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--rows-only", "--out", str(out),
-           "--runs", str(args.runs), "--seed", str(args.seed), "--min-dead", str(args.min_dead),
-           "--models", model, "--sparsities", *map(str, args.sparsities)]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    cmd = module_cmd(sys.executable, "tools.bench.surgery", "--rows-only", "--out", out,
+                     "--runs", args.runs, "--seed", args.seed, "--min-dead", args.min_dead,
+                     "--models", model, "--sparsities", *args.sparsities)
+    res = subprocess.run(cmd, env=child_env(tree, ROOT), cwd=tree, capture_output=True,
+                         text=True)
     if res.returncode != 0 or not out.exists():
         print(f"baseline {model}: failed ({res.stderr.strip().splitlines()[-1:]})")
         return []
@@ -181,14 +184,13 @@ def baseline_rows(tree: Path, model: str, args) -> list:
 
 
 def bench_export(workers: Optional[int], levels: int = 8, seed: int = 0) -> dict:
-    """Export time of a demo-shaped portfolio (8 levels: the 44 variants issue 17 timed),
+    """Export time of a demo-shaped portfolio (8 levels: 44 variants, as `make demo` exports),
     serial and in parallel, and whether every file is byte-identical between the two."""
-    import tempfile
     from shifter_tf.config.schema import load_config
     from shifter_tf.data.loaders import load_dataset
     from shifter_tf.export.portfolio import build_portfolio
 
-    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "mnist5k_vgg.yaml")
+    cfg = load_config(ROOT / DEFAULT_CONFIG)
     data = load_dataset(cfg.data, cfg.seed)
     cands = demo_candidates(data.input_shape, data.num_classes, levels,
                             cfg.lottery.prune_fraction, seed)
@@ -216,13 +218,14 @@ def bench_export(workers: Optional[int], levels: int = 8, seed: int = 0) -> dict
             (Path(tmp) / "serial" / "variants" / f).read_bytes() ==
             (Path(tmp) / "parallel" / "variants" / f).read_bytes() for f in files)
     res["workers"] = workers
-    res["note"] = ("demo-shaped portfolio from an untrained vgg_small (tools/bench_surgery.py "
+    res["note"] = ("demo-shaped portfolio from an untrained vgg_small (tools.bench.surgery "
                    "demo_candidates); convert + measure every variant, as build_portfolio does; "
-                   "serial = workers=0, the code path before issue 17; cpu_main/cpu_workers: "
-                   "CPU seconds of this process and of the converter subprocesses (on cores "
-                   "nobody else uses, the parallel wall time is about the larger of the two "
-                   "plus the measurement); default_workers_now: what build_portfolio would "
-                   "start by default at this moment (one per idle further core)")
+                   "serial = workers=0, the code path before the parallel export; "
+                   "cpu_main/cpu_workers: CPU seconds of this process and of the converter "
+                   "subprocesses (on cores nobody else uses, the parallel wall time is about "
+                   "the larger of the two plus the measurement); default_workers_now: what "
+                   "build_portfolio would start by default at this moment (one per idle "
+                   "further core)")
     res["loadavg_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
     return res
 
@@ -266,7 +269,6 @@ def main(argv=None) -> int:
           f"{'before ms':>10s} {'cpu ms':>7s} "
           f"{'params before -> after':>26s} {'MACs before -> after':>30s} {'max|dl|':>8s} "
           f"{'|logit|':>8s}")
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         tree = (baseline_tree(args.baseline, Path(tmp))
                 if args.baseline and not args.rows_only else None)
@@ -293,7 +295,7 @@ def main(argv=None) -> int:
         export = bench_export(args.export_workers, args.export_levels, args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"tool": "tools/bench_surgery.py", "runs": args.runs, "seed": args.seed,
+    meta = {"tool": "tools.bench.surgery", "runs": args.runs, "seed": args.seed,
             "tensorflow": tf.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
@@ -317,8 +319,8 @@ def main(argv=None) -> int:
                           "collected (gc.collect, untimed), for the before rows too"}
     if tree_commit := (args.baseline if not args.rows_only else None):
         meta["baseline"] = (f"rewrite_ms_median_before: the same rows timed with shifter_tf at "
-                            f"commit {tree_commit} (before issue 17), in a subprocess run just "
-                            "before this model's rows")
+                            f"commit {tree_commit} (before the faster rewrite), in a subprocess "
+                            "run just before this model's rows")
     doc = {"meta": meta, "rows": rows}
     if export is not None:
         doc["export"] = export

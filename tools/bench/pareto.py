@@ -1,9 +1,9 @@
-"""Pareto benchmark of issue 12: does the deployed portfolio beat "just train a smaller model"?
+"""Pareto benchmark: does the deployed portfolio beat "just train a smaller model"?
 
-    .venv/bin/python tools/bench_pareto.py --run runs/demo --out bench [--config CONFIG]
+    .venv/bin/python -m tools.bench.pareto --run runs/demo --out bench [--config CONFIG]
 
 Every point is an fp32 TFLite file scored on the same test split with the same runner and timed
-interleaved in one process (`tools/bench_latency.py`, 1 thread, median of round-by-round ratios
+interleaved in one process (`tools.bench.latency`, 1 thread, median of round-by-round ratios
 against the dense model). Points, each cached under OUT/pareto/ so a rerun only redoes what is
 missing:
 - the deployed portfolio of RUN (dense + pruned fp32 variants in its manifest);
@@ -11,10 +11,11 @@ missing:
   recipe, at one level's epochs and at the whole IMP run's epochs (milestones scaled);
 - tfmot's own deployment path: each sparse level, strip_pruning + EXPERIMENTAL_SPARSITY;
 - Reconvene (`shifter-tf pai` with the config's pai section);
-- Sony's Model Compression Toolkit, when `tools/bench_mct.py` has written OUT/mct/mct.json;
+- Sony's Model Compression Toolkit, when `tools.bench.mct` has written OUT/mct/mct.json;
 - ablation arms: the same IMP run with each structure-inducing option switched, deployed the
   same way (`--arms name=KEY=VALUE,...`; default: the paper's plain IMP).
-Writes OUT/raw/pareto.json; `tools/pareto_report.py` renders the table, coverage and plot.
+Writes OUT/raw/pareto.json, then OUT/PARETO.md and OUT/plots/pareto.png (`tools.bench.report`:
+the table, coverage and plot).
 """
 from __future__ import annotations
 
@@ -26,11 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from shifter_tf.util.io import atomic_write_json  # noqa: E402  (no TensorFlow import)
+from shifter_tf.util.io import atomic_write_json  # (no TensorFlow import)
+from tools.bench import report
+from tools.bench.common import (DEFAULT_CONFIG, DEFAULT_RUN, ROOT, child_env, logger,
+                                module_cmd)
 
 # Ablation against the config's recipe: the paper's plain IMP, and each of our switches alone.
 DEFAULT_ARMS = ["paper=lottery.structure=none,lottery.rewind=weights",
@@ -39,9 +39,7 @@ DEFAULT_ARMS = ["paper=lottery.structure=none,lottery.rewind=weights",
                 "plus_gamma_l1=lottery.gamma_l1=5e-5"]
 WIDTHS = [0.75, 0.5, 0.375, 0.25]
 
-
-def log(msg: str) -> None:
-    print(f"[pareto {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = logger("pareto")
 
 
 def shifter(*args) -> list:
@@ -51,7 +49,8 @@ def shifter(*args) -> list:
 def run_quiet(cmd: list, logfile: Path) -> None:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "w") as f:
-        p = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        p = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                           env=child_env())
     if p.returncode:
         raise SystemExit(f"{' '.join(map(str, cmd[:3]))} failed (exit {p.returncode}); "
                          f"see {logfile}")
@@ -73,18 +72,15 @@ def portfolio_points(run: Path, source: str, kinds=("dense", "pruned")) -> list[
 
 def baseline_points(cfg_path: str, out: Path, epochs_list: list[int]) -> list[dict]:
     """Width-scaled dense models trained from scratch (cached per width and epochs)."""
-    import bench_baselines as B
-    pts = []
-    for epochs in epochs_list:
-        for w in WIDTHS:
-            pts.append(B.cached_baseline(cfg_path, out / "baselines", w, epochs))
-    return pts
+    from tools.bench import baselines
+    return [baselines.cached_baseline(cfg_path, out / "baselines", w, epochs)
+            for epochs in epochs_list for w in WIDTHS]
 
 
 def tfmot_points(run: Path, out: Path) -> list[dict]:
     """tfmot's deployment path for each sparse level: the file tfmot's guide tells you to ship."""
-    import bench_baselines as B
-    return B.tfmot_sparse_points(run, out / "tfmot")
+    from tools.bench import baselines
+    return baselines.tfmot_sparse_points(run, out / "tfmot")
 
 
 def arm_points(cfg_path: str, out: Path, name: str, sets: list[str]) -> list[dict]:
@@ -125,7 +121,8 @@ def pai_points(cfg_path: str, out: Path) -> list[dict]:
 def mct_points(out: Path) -> list[dict]:
     doc = out / "mct" / "mct.json"
     if not doc.exists():
-        log(f"MCT: {doc} missing (run tools/bench_mct.py in .venv-mct); skipped")
+        log(f"MCT: {doc} missing (run `make bench-mct`: tools.bench.mct in .venv-mct); "
+            "skipped")
         return []
     pts = []
     for r in json.loads(doc.read_text()):
@@ -145,13 +142,13 @@ def time_points(points: list[dict], reference: str, out: Path, rounds: int) -> d
     spec_path = out / "raw" / "pareto_latency_spec.json"
     atomic_write_json(spec_path, spec)
     res_path = out / "raw" / "pareto_latency.json"
-    run_quiet([sys.executable, ROOT / "tools" / "bench_latency.py", spec_path, "--out", res_path],
+    run_quiet(module_cmd(sys.executable, "tools.bench.latency", spec_path, "--out", res_path),
               out / "logs" / "pareto_latency.log")
     return json.loads(res_path.read_text())
 
 
 def _latency_rows(lat: dict) -> dict:
-    """{variant id: {"ms": median, "speedup": ref/variant median ratio}} from bench_latency."""
+    """{variant id: {"ms": median, "speedup": ref/variant median ratio}} of the latency step."""
     res = lat["groups"][0]["by_threads"][0]
     return {vid: {"ms": v["median_ms"], "speedup": res["vs_reference"][vid]["median"]}
             for vid, v in res["variants"].items()}
@@ -159,8 +156,8 @@ def _latency_rows(lat: dict) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default="runs/demo")
-    ap.add_argument("--config", default="configs/mnist5k_vgg.yaml")
+    ap.add_argument("--run", default=DEFAULT_RUN)
+    ap.add_argument("--config", default=DEFAULT_CONFIG)
     ap.add_argument("--out", default="bench")
     ap.add_argument("--arms", nargs="*", default=DEFAULT_ARMS,
                     help="ablation arms: NAME=KEY=VALUE[,KEY=VALUE...]")
@@ -214,9 +211,7 @@ def main(argv=None) -> int:
            "points": points, "seconds": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "raw" / "pareto.json", doc)
     log(f"wrote {out / 'raw' / 'pareto.json'} in {doc['seconds']:.0f} s")
-    run_quiet([sys.executable, ROOT / "tools" / "pareto_report.py", "--out", out],
-              out / "logs" / "pareto_report.log")
-    print((out / "PARETO.md").read_text())
+    print(report.write_pareto(out))
     return 0
 
 

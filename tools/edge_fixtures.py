@@ -9,7 +9,7 @@ budget-driven selection is testable; the manifest's ``generator`` says so.
 Reference outputs are computed with TensorFlow's own TFLite interpreter from the raw inputs,
 normalised and (for int8) quantised here independently of edge_runtime.
 
-    .venv/bin/python tools/make_edge_fixtures.py [--out tests/edge/fixtures]
+    .venv/bin/python -m tools.edge_fixtures [--out tests/edge/fixtures]     # make edge-fixtures
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
 from edge_runtime.manifest import file_entry, new_manifest, write_manifest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCALE, MEAN, STD = 1.0 / 255.0, 0.1307, 0.3081
 N_REF = 8
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     task = {"name": "mnist-fixture", "input_shape": [28, 28, 1], "input_dtype": "float32",
             "normalization": {"scale": SCALE, "mean": [MEAN], "std": [STD]},
             "labels": [str(i) for i in range(10)], "num_classes": 10}
-    doc = new_manifest(task, entries, generator="tools/make_edge_fixtures.py (synthetic metrics)")
+    doc = new_manifest(task, entries, generator="python -m tools.edge_fixtures (synthetic metrics)")
     write_manifest(port, doc)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"wrote {port}/manifest.json; fixtures total {size / 1024:.1f} KB")

@@ -1,9 +1,9 @@
 """Build the deployment variants of the same sparse checkpoints, for the structured vs
-unstructured comparison of `tools/bench_all.py` (issue 7).
+unstructured comparison of the benchmark suite (`tools.bench.all`).
 
-    python tools/bench_deploy.py synthetic --model vgg16 --out bench/models/vgg16 \
+    python -m tools.bench.deploy synthetic --model vgg16 --out bench/models/vgg16 \
         [--ratios 2 4 8 16 32 64 128 256] [--alpha 0.25] [--seed 0]
-    python tools/bench_deploy.py trained --run runs/demo --out bench/models/demo
+    python -m tools.bench.deploy trained --run runs/demo --out bench/models/demo
 
 Per sparse checkpoint (one per compression ratio / IMP level) it writes fp32 TFLite files:
 
@@ -28,8 +28,9 @@ norm, then re-run the global allocation inside the kept filters so the overall d
 1/ratio. Such checkpoints are for structure, size and speed only, never for accuracy.
 
 Conversion: `shifter_tf.export.convert.convert(model, "fp32", sparse=...)`, what `shifter-tf export`
-ships. Synthetic checkpoints use the frozen-graph path by default (another ≈3x; same ops and weights, tensor order differs, no
-signature def), every variant of a model through the same path; `--converter module` switches.
+ships. Synthetic checkpoints use the frozen-graph path by default (another ≈3x; same ops and
+weights, tensor order differs, no signature def), every variant of a model through the same
+path; `--converter module` switches.
 """
 from __future__ import annotations
 
@@ -38,32 +39,27 @@ import gzip
 import hashlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import shifter_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+import tf_keras as keras
 
-import shifter_tf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-
-from shifter_tf.train import magnitude as M  # noqa: E402
-from shifter_tf.export.convert import convert  # noqa: E402
-from shifter_tf.util.io import atomic_write_bytes, atomic_write_json  # noqa: E402
-from shifter_tf.models import build_model, iter_layers  # noqa: E402
-from shifter_tf.surgery import count_params_and_macs, prune_structured  # noqa: E402
-from shifter_tf.graph.ir import trace  # noqa: E402
-from shifter_tf.graph.metrics import ir_macs  # noqa: E402
+from shifter_tf.train import magnitude
+from shifter_tf.export.convert import convert
+from shifter_tf.util.io import atomic_write_bytes, atomic_write_json
+from shifter_tf.models import build_model, iter_layers
+from shifter_tf.surgery import count_params_and_macs, prune_structured
+from shifter_tf.graph.ir import trace
+from shifter_tf.graph.metrics import ir_macs
+from tools.bench.common import level_tag
 
 RATIOS = (2, 4, 8, 16, 32, 64, 128, 256)
 SHAPES = {"vgg16": ((32, 32, 3), 10), "resnet56": ((32, 32, 3), 10)}
-VARIANTS = ("pruned", "pruned_sparse", "tfmot_sparse", "sparse")
 
 
 # ------------------------------------------------------------------------------ measurements
@@ -121,13 +117,13 @@ def write_variant(out: Path, name: str, blob: bytes, stats: dict, extra: Optiona
 
 def zero_filter_count(model: keras.Model, names) -> int:
     layers = {l.name: l for l in iter_layers(model)}
-    return sum(M.zero_filters(M.kernel_variable(layers[n]).numpy(),
-                              isinstance(layers[n], keras.layers.DepthwiseConv2D))
+    return sum(magnitude.zero_filters(magnitude.kernel_variable(layers[n]).numpy(),
+                                      isinstance(layers[n], keras.layers.DepthwiseConv2D))
                for n in names if not isinstance(layers[n], keras.layers.Dense))
 
 
-def surgery_summary(report) -> dict:
-    rep = report.to_dict()
+def surgery_summary(rep: dict) -> dict:
+    """The rewrite's time, exactness, channels and verification from a surgery report's dict."""
     ver = rep.get("verification") or {}
     return {"rewrite_ms": rep.get("rewrite_ms"), "exact": rep.get("exact"),
             "channels_before": rep.get("channels_before"),
@@ -140,7 +136,7 @@ def surgery_summary(report) -> dict:
 def synthetic_masks(weights: dict, density: float, alpha: float) -> tuple[dict, dict]:
     """Global magnitude masks at `density`, plus lowest-L1 filter zeroing (see module doc)."""
     full = {n: np.ones(w.shape, bool) for n, w in weights.items()}
-    natural, _ = M.global_allocation(weights, full, density)
+    natural, _ = magnitude.global_allocation(weights, full, density)
     filt = {}
     for n, w in weights.items():
         f = w.shape[-1]
@@ -149,7 +145,7 @@ def synthetic_masks(weights: dict, density: float, alpha: float) -> tuple[dict, 
         m = np.zeros(w.shape, bool)
         m[..., np.argsort(-l1, kind="stable")[:keep]] = True
         filt[n] = m
-    final, _ = M.global_allocation(weights, filt, density)
+    final, _ = magnitude.global_allocation(weights, filt, density)
     return natural, final
 
 
@@ -158,9 +154,9 @@ def run_synthetic(model_name: str, out: Path, ratios, alpha: float, seed: int,
     shape, classes = SHAPES[model_name]
     keras.utils.set_random_seed(seed)
     model = build_model(model_name, shape, classes)
-    names = M.prunable_layers(model, exclude_classifier=True)
+    names = magnitude.prunable_layers(model, exclude_classifier=True)
     layers = {l.name: l for l in iter_layers(model)}
-    w0 = M.kernels(model, names)
+    w0 = magnitude.kernels(model, names)
     filters = sum(w.shape[-1] for n, w in w0.items()
                   if not isinstance(layers[n], keras.layers.Dense))
     sample = np.random.default_rng(seed).standard_normal((sample_size, *shape)).astype(np.float32)
@@ -177,14 +173,14 @@ def run_synthetic(model_name: str, out: Path, ratios, alpha: float, seed: int,
         t0 = time.perf_counter()
         natural, final = synthetic_masks(w0, 1.0 / ratio, alpha)
         for n in names:
-            M.kernel_variable(layers[n]).assign(w0[n] * final[n])
-        nat_zero = sum(M.zero_filters(w0[n] * natural[n]) for n in names
+            magnitude.kernel_variable(layers[n]).assign(w0[n] * final[n])
+        nat_zero = sum(magnitude.zero_filters(w0[n] * natural[n]) for n in names
                        if not isinstance(layers[n], keras.layers.Dense))
         mask_s = time.perf_counter() - t0
         pruned, report = prune_structured(model, sample=sample)
         sparse_stats = model_stats(model)
         pruned_stats = model_stats(pruned)
-        tag = f"cr{ratio:03d}"
+        tag = level_tag("synthetic", compression=ratio)
         conv_s = {}
         variants = {}
         for key, mdl, sparse_flag, stats in (("pruned", pruned, False, pruned_stats),
@@ -196,10 +192,10 @@ def run_synthetic(model_name: str, out: Path, ratios, alpha: float, seed: int,
             conv_s[key] = round(time.perf_counter() - t, 2)
             variants[key] = write_variant(out, f"{tag}_{key}.tflite", blob, stats)
         level = {
-            "level": len(levels) + 1, "compression": ratio, "density": M.density(final),
+            "level": len(levels) + 1, "compression": ratio, "density": magnitude.density(final),
             "zero_filters": zero_filter_count(model, names), "filters": filters,
             "natural_zero_filters": nat_zero, "mask_s": round(mask_s, 2),
-            "surgery": surgery_summary(report), "convert_s": conv_s,
+            "surgery": surgery_summary(report.to_dict()), "convert_s": conv_s,
             "variants": variants, "accuracy_note": "untrained: no accuracy",
         }
         levels.append(level)
@@ -245,11 +241,12 @@ def run_trained(run: Path, out: Path) -> dict:
 
     dense_model = lottery.load_level_model(run, 0)
     dense = from_portfolio("L00-dense-fp32", "dense.tflite", model_stats(dense_model))
-    names = M.prunable_layers(dense_model, exclude_classifier=cfg.lottery.exclude_classifier,
-                              exclude=cfg.lottery.exclude_layers or ())
+    names = magnitude.prunable_layers(dense_model,
+                                      exclude_classifier=cfg.lottery.exclude_classifier,
+                                      exclude=cfg.lottery.exclude_layers or ())
     convs = [l.name for l in iter_layers(dense_model)
              if l.name in names and not isinstance(l, keras.layers.Dense)]
-    filters = sum(M.kernel_variable(l).shape[-1] for l in iter_layers(dense_model)
+    filters = sum(magnitude.kernel_variable(l).shape[-1] for l in iter_layers(dense_model)
                   if l.name in convs)
     levels = []
     # levels the accuracy floor kept out of the portfolio are not deployed, so not compared
@@ -259,7 +256,7 @@ def run_trained(run: Path, out: Path) -> dict:
         pruned_model = keras.models.load_model(pruned_dir(run, level) / "model.keras",
                                                compile=False, safe_mode=False)
         s_stats, p_stats = model_stats(sparse_model), model_stats(pruned_model)
-        tag = f"L{level:02d}"
+        tag = level_tag("trained", level)
         variants = {
             "pruned": from_portfolio(f"{tag}-pruned-fp32", f"{tag}_pruned.tflite", p_stats),
             "sparse": from_portfolio(f"{tag}-sparse-fp32", f"{tag}_sparse.tflite", s_stats),
@@ -273,16 +270,11 @@ def run_trained(run: Path, out: Path) -> dict:
             variants[key] = write_variant(out, f"{tag}_{key}.tflite", blob, stats,
                                           {"accuracy": accuracy(blob, x_test, y_test)})
         report = json.loads((pruned_dir(run, level) / "report.json").read_text())
-        ver = report.get("verification") or {}
         levels.append({
             "level": level, "compression": 1.0 / r.density, "density": r.density,
             "zero_filters": int(sum(r.zero_filters.get(n, 0) for n in convs)),
             "filters": filters, "natural_zero_filters": None,
-            "surgery": {"rewrite_ms": report.get("rewrite_ms"), "exact": report.get("exact"),
-                        "channels_before": report.get("channels_before"),
-                        "channels_after": report.get("channels_after"),
-                        "max_abs_dlogit": ver.get("max_abs_dlogit"),
-                        "top1_agreement": ver.get("top1_agreement")},
+            "surgery": surgery_summary(report),
             "convert_s": conv_s, "variants": variants,
             "sparse_test_accuracy_keras": r.test_accuracy,
         })

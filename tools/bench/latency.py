@@ -2,7 +2,7 @@
 speedup is the median of the round-by-round ratios, so load from other processes on a shared
 machine hits both sides of each ratio alike.
 
-    python tools/bench_latency.py SPEC.json --out OUT.json
+    python -m tools.bench.latency SPEC.json --out OUT.json
 
 SPEC (JSON):
     {"threads": [1, 2], "rounds": 21, "min_rounds": 5, "block_ms": 4.0, "warmup": 3,
@@ -24,8 +24,9 @@ a measurement that takes longer than `cap_s` stops after the round in progress (
 `memory`: each file is loaded in a fresh child process, which reports its resident memory
 before, after loading and after the first invoke.
 
-Imports only numpy and `edge_runtime` (a TFLite interpreter: tflite_runtime, ai_edge_litert or
-tensorflow.lite, in that order), so it runs in the TensorFlow-free device environment too.
+Imports only numpy, `edge_runtime` (a TFLite interpreter: tflite_runtime, ai_edge_litert or
+tensorflow.lite, in that order), `tools.bench.common` and shifter_tf's numpy-only file writer,
+so it runs in the TensorFlow-free device environment too.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import gc
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,16 +43,17 @@ from typing import Dict, List
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from edge_runtime.interpreter import get_backend, load_runner  # noqa: E402
-from shifter_tf.util.io import atomic_write_json  # noqa: E402  (numpy only: no TensorFlow import)
+from edge_runtime.interpreter import get_backend, load_runner
+from edge_runtime.profile import percentile
+from shifter_tf.util.io import atomic_write_json  # (numpy only: no TensorFlow import)
+from tools.bench.common import ROOT, child_env, module_cmd
 
 
-def _q(xs, q) -> float:
-    return float(np.percentile(np.asarray(xs, np.float64), q))
+def _ratios(num: List[float], den: List[float]) -> dict:
+    """Median and quartiles of the round-by-round ratios num/den."""
+    ratios = [p / q for p, q in zip(num, den)]
+    return {"median": percentile(ratios, 50), "q25": percentile(ratios, 25),
+            "q75": percentile(ratios, 75)}
 
 
 def _block_size(runner, x, block_ms: float) -> int:
@@ -88,17 +91,13 @@ def measure_group(group: dict, threads: int, rounds: int, block_ms: float, warmu
            "pairs": {}}
     for name in names:
         ts = times[name]
-        out["variants"][name] = {"median_ms": _q(ts, 50), "p10_ms": _q(ts, 10),
-                                 "p90_ms": _q(ts, 90), "load_ms": load_ms[name]}
+        out["variants"][name] = {"median_ms": percentile(ts, 50), "p10_ms": percentile(ts, 10),
+                                 "p90_ms": percentile(ts, 90), "load_ms": load_ms[name]}
     for name in names:
-        ratios = [a / b for a, b in zip(times[ref], times[name])]
-        out["vs_reference"][name] = {"median": _q(ratios, 50), "q25": _q(ratios, 25),
-                                     "q75": _q(ratios, 75)}
+        out["vs_reference"][name] = _ratios(times[ref], times[name])
     for a, b in group.get("pairs", []):
         if a in times and b in times:
-            ratios = [p / q for p, q in zip(times[a], times[b])]
-            out["pairs"][f"{a}/{b}"] = {"median": _q(ratios, 50), "q25": _q(ratios, 25),
-                                        "q75": _q(ratios, 75)}
+            out["pairs"][f"{a}/{b}"] = _ratios(times[a], times[b])
     del runners
     gc.collect()
     return out
@@ -120,12 +119,13 @@ def memory_child(path: str, threads: int) -> dict:
 
 
 def measure_memory(files: Dict[str, str], threads: int) -> Dict[str, dict]:
-    import subprocess
+    """memory_child of each file, each in a fresh process of this interpreter."""
     out = {}
     for key, path in files.items():
-        res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child",
-                              path, "--threads", str(threads)], capture_output=True, text=True,
-                             timeout=300)
+        res = subprocess.run(module_cmd(sys.executable, "tools.bench.latency", "--memory-child",
+                                        path, "--threads", threads),
+                             capture_output=True, text=True, timeout=300, cwd=ROOT,
+                             env=child_env())
         if res.returncode == 0:
             out[key] = json.loads(res.stdout.strip().splitlines()[-1])
         else:

@@ -2,7 +2,9 @@
 
 Runs in `.venv-mct` (TensorFlow 2.15.1, Keras 2.15, numpy 1.26, model-compression-toolkit 2.6.1,
 see constraints-mct.txt; MCT 2.6.1 switches its Keras pruning off for TensorFlow >= 2.16) and
-imports nothing of shifter_tf. Its input is the .npz of tools/export_bench_data.py: the embedded
+imports nothing of shifter_tf (only numpy, TensorFlow, MCT, `tools.bench.common` and the
+stdlib-only file writer of edge_runtime). Its input is the .npz of `tools.bench.export_data`
+(`make bench-mct` runs both): the embedded
 default's data split exactly as the pipeline uses it and the run's trained dense model.
 
 For each target (a fraction of the dense model's fp32 weights memory):
@@ -23,7 +25,7 @@ accuracy, bytes, file, score_seconds, finetune_seconds, channels_per_layer, ...}
 target (atomically). Resumable: a target whose .tflite and json entry exist, made from the same
 dense model with the same settings, is skipped; an entry of another dense model is redone.
 
-    .venv-mct/bin/python tools/bench_mct.py --data bench/mct_data.npz --out bench \
+    .venv-mct/bin/python -m tools.bench.mct --data bench/mct_data.npz --out bench \
         --targets 0.75 0.5 0.25 0.125 --epochs 6
 """
 from __future__ import annotations
@@ -33,7 +35,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,23 +45,10 @@ os.environ.pop("TF_USE_LEGACY_KERAS", None)
 
 import numpy as np  # noqa: E402
 
+from edge_runtime.files import atomic_write_bytes  # noqa: E402  (standard library only)
+from tools.bench.common import logger  # noqa: E402
 
-def log(msg: str) -> None:
-    print(f"[bench_mct {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+log = logger("bench_mct")
 
 
 def target_id(target: float) -> str:
@@ -153,7 +141,9 @@ def channels_per_layer(model) -> dict:
 
 # ---------------------------------------------------------------------------------- fine-tuning
 def make_schedule(recipe: dict, steps_per_epoch: int):
-    """Linear warm-up to lr, then x gamma at each milestone: shifter_tf.train.engine.WarmupPiecewise."""
+    """Linear warm-up to lr, then x gamma at each milestone: the schedule of
+    shifter_tf.train.engine.WarmupPiecewise, restated on TF 2.15's Keras 2 because this
+    environment cannot import shifter_tf (which needs tf_keras and sets the legacy switch)."""
     import tensorflow as tf
 
     class WarmupPiecewise(tf.keras.optimizers.schedules.LearningRateSchedule):
@@ -238,7 +228,7 @@ def load_results(path: Path) -> list:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="npz of tools/export_bench_data.py")
+    ap.add_argument("--data", type=Path, required=True, help="npz of tools.bench.export_data")
     ap.add_argument("--out", type=Path, required=True, help="writes OUT/mct/")
     ap.add_argument("--targets", type=float, nargs="+", default=[0.75, 0.5, 0.25, 0.125, 0.0625],
                     help="fractions of the dense fp32 weights memory (MCT ResourceUtilization)")
@@ -301,7 +291,7 @@ def main(argv=None) -> int:
         blob = to_tflite(pruned)
         acc = tflite_accuracy(blob, data.x["test"], data.y["test"])
         fname = f"{tid}.tflite"
-        atomic_write(out / fname, blob)
+        atomic_write_bytes(out / fname, blob)
         entry = {
             "id": tid, "target": target, "weights_fraction": params / dense_params,
             "params": params, "dense_params": dense_params, "accuracy": acc,
@@ -315,7 +305,7 @@ def main(argv=None) -> int:
         }
         results = [r for r in results if r["id"] != tid] + [entry]
         results.sort(key=lambda r: -r["target"])
-        atomic_write(json_path, (json.dumps(results, indent=1) + "\n").encode())
+        atomic_write_bytes(json_path, (json.dumps(results, indent=1) + "\n").encode())
         log(f"{tid}: fine-tuned in {ft['seconds']:.0f} s; TFLite test accuracy {acc:.4f} "
             f"(Keras {acc_keras:.4f}), {len(blob)} bytes -> {out / fname}")
     log(f"{len(results)} entries in {json_path}")
