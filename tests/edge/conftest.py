@@ -1,6 +1,6 @@
 """Shared fixtures for the edge tests (run in .venv-edge: tflite-runtime, numpy<2, no TensorFlow).
 
-The portfolio under fixtures/ is made by tools/make_edge_fixtures.py; reference outputs there
+The portfolio under fixtures/ is made by tools.edge_fixtures; reference outputs there
 were computed with TensorFlow's own TFLite interpreter.
 """
 import json

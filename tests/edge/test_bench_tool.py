@@ -1,4 +1,4 @@
-"""tools/bench_switcher.py runs end to end in this (TensorFlow-free) environment."""
+"""tools.bench.switcher runs end to end in this (TensorFlow-free) environment."""
 import json
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from conftest import ROOT
 
 def test_bench_switcher_smoke(portfolio, tmp_path):
     out = tmp_path / "bench" / "switcher.json"
-    res = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_switcher.py"),
+    res = subprocess.run([sys.executable, "-m", "tools.bench.switcher",
                           str(portfolio), "--out", str(out), "--repeats", "1", "--iters", "100",
                           "--startup-variants", "6"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
