@@ -10,8 +10,11 @@ sha256 passed.
 
 Verdicts are remembered in a small JSON cache keyed by backend (name and version) and sha256, so
 each file is probed once per device and runtime: ``$EDGE_RUNTIME_CACHE/probe.json``, else
-``$XDG_CACHE_HOME/edge_runtime/probe.json``, else ``~/.cache/edge_runtime/probe.json``. Writes
-are atomic (temp file + rename) and merge with what other processes wrote meanwhile; an
+``$XDG_CACHE_HOME/edge_runtime/probe.json``, else ``~/.cache/edge_runtime/probe.json``. A process
+with no home (no ``HOME`` and no passwd entry: a systemd service with a dynamic user, a minimal
+container) uses ``<temp dir>/edge_runtime-<uid>/probe.json`` (a folder of its own, mode 0700;
+one that another user owns or can write is not trusted), else no file: verdicts are kept for
+this process only. Either way with a one-line warning. Writes are atomic (temp file + rename) and merge with what other processes wrote meanwhile; an
 unwritable cache only costs a re-probe next start. Only definite verdicts are cached: a pass, an
 exception or a crash by signal; a timeout, a kill (out of memory?), a missing Edge TPU delegate or
 a child that could not start are not. The cache is trusted like the code: whoever can write it
@@ -26,8 +29,10 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
@@ -74,12 +79,54 @@ class ProbeItem:
 
 
 # ------------------------------------------------------------------------------------- cache
-def default_cache_path() -> Path:
+def _home() -> Optional[Path]:
+    """The user's home, or ``None`` when there is none (``Path.home()`` raises then)."""
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError, OSError):   # no HOME and no passwd entry for this uid
+        return None
+    return home if home.is_absolute() else None   # HOME="" gives "."
+
+
+def _private_temp_folder() -> Optional[Path]:
+    """``<temp dir>/edge_runtime-<uid>``, created 0700; ``None`` if it is not ours alone."""
+    try:
+        folder = Path(tempfile.gettempdir()) / f"edge_runtime-{os.getuid()}"
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        st = folder.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None   # a symlink, or a folder someone else made or can write: never trusted
+    return folder
+
+
+_warned_no_home = False
+
+
+def default_cache_path() -> Optional[Path]:
+    """Where verdicts are remembered (see the module docstring); ``None``: memory only."""
+    global _warned_no_home
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env) / CACHE_NAME
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edge_runtime" / CACHE_NAME
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "edge_runtime" / CACHE_NAME
+    home = _home()
+    if home is not None:
+        return home / ".cache" / "edge_runtime" / CACHE_NAME
+    folder = _private_temp_folder() if hasattr(os, "getuid") else None
+    if not _warned_no_home:
+        _warned_no_home = True
+        log.warning("no home directory (HOME unset, no passwd entry for uid %s): file-check "
+                    "verdicts %s; set %s to choose a folder",
+                    getattr(os, "getuid", lambda: "?")(),
+                    f"cached in {folder}" if folder else "kept in memory only", CACHE_ENV)
+    return None if folder is None else folder / CACHE_NAME
 
 
 def backend_key() -> str:
@@ -140,7 +187,7 @@ def open_cache(cache: Union[PathLike, None, bool] = None) -> ProbeCache:
     if cache is False:
         return ProbeCache(None, backend_key())
     path = default_cache_path() if cache is None or cache is True else Path(cache)
-    return ProbeCache(path, backend_key())
+    return ProbeCache(path, backend_key())  # path None: no home and no private temp folder
 
 
 # ------------------------------------------------------------------------------------- parent
