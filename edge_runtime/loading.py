@@ -231,6 +231,8 @@ class VariantPool:
             slot.load_ms.append(runner.load_ms)
             slot.last_used = time.monotonic()
             slot.runner = runner
+            # The estimate made room before loading; the measurement may be larger.
+            self._evict_lru(keep=slot)
             return runner
 
     def _make_room(self, slot: _Slot) -> None:
@@ -242,8 +244,16 @@ class VariantPool:
             raise VariantUnavailable(
                 f"variant {slot.variant.id!r} needs ~{slot.memory_mb:.2f} MiB, more than the "
                 f"memory budget of {budget:.2f} MiB")
-        while self.loaded_mb(exclude=slot) + slot.memory_mb > budget:
-            loaded = [s for s in self.slots.values() if s.runner is not None and s is not slot]
+        self._evict_lru(keep=slot)
+
+    def _evict_lru(self, keep: _Slot) -> None:
+        """Evict least-recently-used runners other than ``keep`` until they and ``keep``'s
+        memory (estimated before its load, measured after) fit in the memory budget."""
+        budget = self.memory_budget_mb
+        if budget is None:
+            return
+        while self.loaded_mb(exclude=keep) + keep.memory_mb > budget:
+            loaded = [s for s in self.slots.values() if s.runner is not None and s is not keep]
             if not loaded:
                 break
             victim = min(loaded, key=lambda s: s.last_used)

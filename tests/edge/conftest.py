@@ -35,6 +35,24 @@ def probe_cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def backend() -> str:
+    """The interpreter backend this run uses ("tflite_runtime", "ai_edge_litert", ...): tests
+    compare against it and never assume one (make test runs this suite against both)."""
+    from edge_runtime.interpreter import get_backend
+    return get_backend().name
+
+
+def child_env(**extra: str) -> dict:
+    """A minimal environment for a child Python that imports edge_runtime from this checkout,
+    with the same backend choice as this process (EDGE_RUNTIME_BACKEND, if set)."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    if os.environ.get("EDGE_RUNTIME_BACKEND"):
+        env["EDGE_RUNTIME_BACKEND"] = os.environ["EDGE_RUNTIME_BACKEND"]
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
 def portfolio() -> Path:
     return PORTFOLIO
 

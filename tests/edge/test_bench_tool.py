@@ -6,7 +6,7 @@ import sys
 from conftest import ROOT
 
 
-def test_bench_switcher_smoke(portfolio, tmp_path):
+def test_bench_switcher_smoke(portfolio, tmp_path, backend):
     out = tmp_path / "bench" / "switcher.json"
     res = subprocess.run([sys.executable, "-m", "tools.bench.switcher",
                           str(portfolio), "--out", str(out), "--repeats", "1", "--iters", "100",
@@ -14,7 +14,7 @@ def test_bench_switcher_smoke(portfolio, tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(out.read_text())
-    assert doc["variants"] == 4 and doc["backend"].startswith("tflite_runtime")
+    assert doc["variants"] == 4 and doc["backend"].startswith(backend + " ")
     assert 0 < doc["switch_us"]["p50"] < doc["reload_switch_ms"]["p50"] * 1e3
     assert 0 < doc["decide_us"]["p50"] and 0 < doc["decide_switch_us"]["p50"]
     assert set(doc["cold_load"]) == {"L00-dense-fp32", "L02-pruned-fp32", "L04-pruned-fp32",

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import IDS, ROOT
+from conftest import IDS, ROOT, child_env
 from edge_runtime.cli import main
 
 
@@ -30,17 +30,17 @@ def test_info_flags_a_tampered_file(tmp_portfolio, capsys):
         cap.err.split("does not match its sha256 ", 1)[1].strip()]
 
 
-def test_bench_writes_a_device_profile_the_switcher_uses(tmp_portfolio, capsys):
+def test_bench_writes_a_device_profile_the_switcher_uses(tmp_portfolio, capsys, backend):
     assert main(["bench", str(tmp_portfolio), "--threads", "1", "--runs", "3",
                  "--warmup", "1"]) == 0
     out = capsys.readouterr().out
     assert "p50 ms@1" in out and "wrote" in out
     doc = json.loads((tmp_portfolio / "device_profile.json").read_text())
-    assert set(doc["variants"]) == set(IDS) and doc["backend"].startswith("tflite_runtime")
+    assert set(doc["variants"]) == set(IDS) and doc["backend"].startswith(backend + " ")
     for e in doc["variants"].values():
         assert e["latency_ms"]["1"] > 0 and e["init_ms"] > 0 and e["memory_mb"] > 0
     assert main(["info", str(tmp_portfolio)]) == 0
-    assert "device_profile.json (tflite_runtime" in capsys.readouterr().out
+    assert f"device_profile.json ({backend} " in capsys.readouterr().out
 
 
 def test_run_predicts_a_batch_and_a_single_example(portfolio, tmp_path, ref_inputs, refs,
@@ -103,7 +103,7 @@ def test_console_entry_bad_schema_version_no_traceback(tmp_portfolio):
     (tmp_portfolio / "manifest.json").write_text(json.dumps(doc))
     out = subprocess.run([sys.executable, "-m", "edge_runtime", "info", str(tmp_portfolio)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
+                         env=child_env())
     assert out.returncode == 1
     assert out.stderr.strip() == (f"edge-switcher: error: {tmp_portfolio}/manifest.json: "
                                   "schema_version: unknown schema_version 3 (this edge_runtime "

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import IDS, ROOT
+from conftest import IDS, child_env
 from edge_runtime.manifest import load_manifest, sha256_bytes, write_manifest
 from edge_runtime.switcher import VariantUnavailable
 
@@ -54,7 +54,7 @@ print(json.dumps({"served_by": vid, "served": served, "probe": st["probe"],
 
 
 def _serve(folder, x_path, cache_dir):
-    env = {"PYTHONPATH": str(ROOT), "EDGE_RUNTIME_CACHE": str(cache_dir), "PATH": "/usr/bin:/bin"}
+    env = child_env(EDGE_RUNTIME_CACHE=str(cache_dir))
     res = subprocess.run([sys.executable, "-c", SERVE, str(folder), str(x_path)],
                          capture_output=True, text=True, timeout=120, env=env)
     return res
@@ -84,8 +84,7 @@ def test_the_edge_switcher_cli_serves_around_a_corrupt_variant(tmp_portfolio, tm
     corrupt(tmp_portfolio, DENSE, seed=0)
     x = tmp_path / "x.npy"
     np.save(x, ref_inputs[0])
-    env = {"PYTHONPATH": str(ROOT), "EDGE_RUNTIME_CACHE": str(tmp_path / "cache"),
-           "PATH": "/usr/bin:/bin"}
+    env = child_env(EDGE_RUNTIME_CACHE=str(tmp_path / "cache"))
     res = subprocess.run([sys.executable, "-m", "edge_runtime", "run", str(tmp_portfolio),
                           "--input", str(x), "--json"], capture_output=True, text=True,
                          timeout=120, env=env)
@@ -104,15 +103,15 @@ def test_a_file_the_runtime_refuses_is_disabled_with_its_words(make_switcher, tm
     assert sw.predict(ref_inputs[0]).shape == (10,)
 
 
-def test_verdicts_are_cached_by_sha256(make_switcher, tmp_portfolio, tmp_path):
+def test_verdicts_are_cached_by_sha256(make_switcher, tmp_portfolio, tmp_path, backend):
     corrupt(tmp_portfolio, DENSE, seed=2)
     cache = tmp_path / "probe.json"
     first = make_switcher(tmp_portfolio, probe_cache=cache).stats()
     assert first["probe"] == {**first["probe"], "enabled": True, "files": 4, "probed": 4,
                               "cached": 0, "rejected": 1}
     doc = json.loads(cache.read_text())
-    (backend, verdicts), = doc["verdicts"].items()
-    assert backend.startswith("tflite_runtime ") and len(verdicts) == 4
+    (key, verdicts), = doc["verdicts"].items()
+    assert key.startswith(backend + " ") and len(verdicts) == 4
     sha = load_manifest(tmp_portfolio).variant(DENSE).sha256
     assert verdicts[sha]["ok"] is False and verdicts[sha]["stage"] in ("crash", "load")
     again = make_switcher(tmp_portfolio, probe_cache=cache).stats()

@@ -210,11 +210,28 @@ def test_edgetpu_variant_without_delegate_falls_back_to_its_cpu_parent(make_swit
 
 
 # ------------------------------------------------------------------------------ lazy / memory
-def test_lazy_mode_keeps_an_lru_within_the_memory_budget(make_switcher, ref_inputs, refs):
-    full = make_switcher(preload="all")
+def _measured_memory_profile(folder, mem):
+    """A device profile that holds this backend's own measurements of each variant's memory, so
+    that the switcher knows them before loading (without one it starts from 2 x file + 0.25 MiB,
+    which for these tiny models says nothing about the backend: tflite-runtime measures the
+    dense fixture at 0.20 MiB, ai-edge-litert at 0.12 MiB)."""
+    from edge_runtime.manifest import load_manifest
+    from edge_runtime.profile import PROFILE_VERSION, profile_path
+
+    m = load_manifest(folder)
+    doc = {"schema_version": PROFILE_VERSION, "backend": "measured by the test",
+           "variants": {v.id: {"sha256": v.sha256, "latency_ms": dict(v.latency_ms),
+                               "memory_mb": mem[v.id]} for v in m.variants}}
+    profile_path(folder).write_text(json.dumps(doc))
+
+
+def test_lazy_mode_keeps_an_lru_within_the_memory_budget(make_switcher, tmp_portfolio,
+                                                         ref_inputs, refs):
+    full = make_switcher(tmp_portfolio, preload="all")
     mem = {k: v["memory_mb"] for k, v in full.stats()["variants"].items()}
+    _measured_memory_profile(tmp_portfolio, mem)
     budget = mem["L00-dense-fp32"] + mem["L02-pruned-fp32"] + 0.01   # room for two big ones
-    sw = make_switcher(preload="lazy", memory_budget_mb=budget)
+    sw = make_switcher(tmp_portfolio, preload="lazy", memory_budget_mb=budget, use_profile=True)
     assert sw.loaded == ["L00-dense-fp32"]
     for vid in ["L02-pruned-fp32", "L04-pruned-fp32", "L00-dense-fp32", "L04-pruned-int8",
                 "L02-pruned-fp32"]:
@@ -225,6 +242,25 @@ def test_lazy_mode_keeps_an_lru_within_the_memory_budget(make_switcher, ref_inpu
         assert vid in sw.loaded
     assert sw.stats()["evictions"] >= 2
     assert sw.stats()["variants"]["L02-pruned-fp32"]["loads"] == 2       # evicted, reloaded
+
+
+def test_lazy_mode_stays_in_budget_when_a_load_measures_more_than_estimated(
+        make_switcher, tmp_portfolio, ref_inputs):
+    # Estimates far below what loading measures: room is made for the estimate, then the
+    # measurement evicts further least-recently-used variants (never the one just loaded).
+    full = make_switcher(tmp_portfolio, preload="all")
+    mem = {k: v["memory_mb"] for k, v in full.stats()["variants"].items()}
+    budget = max(mem.values()) + 0.001                   # any one variant, never all four
+    sw = make_switcher(tmp_portfolio, preload="lazy")    # loads the dense variant only
+    for vid, slot in sw._pool.slots.items():
+        if vid not in sw.loaded:
+            slot.memory_mb = 1e-6
+    sw.memory_budget_mb = budget
+    for vid in IDS[1:] + IDS[:1]:
+        sw.switch_to(vid)
+        assert sw.predict(ref_inputs[0], return_variant=True)[1] == vid
+        assert vid in sw.loaded and sw.stats()["loaded_mb"] <= budget
+    assert sw.stats()["evictions"] >= 3
 
 
 def test_preload_all_stops_at_the_memory_budget(make_switcher, portfolio):
