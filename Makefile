@@ -4,11 +4,12 @@ VENV   := .venv
 EDGE   := .venv-edge
 PIP    := $(VENV)/bin/python -m pip
 EPIP   := $(EDGE)/bin/python -m pip
+EDGEL  := .venv-edge-litert
 MCT    := .venv-mct
 CONFIG ?= configs/mnist5k_vgg.yaml
 RUN    ?= runs/demo
 
-.PHONY: demo test test-host test-edge bench edge-fixtures clean
+.PHONY: demo test test-host test-edge test-devices bench edge-fixtures clean
 
 # Host environment: TensorFlow, tf_keras, tfmot, keras-tuner (pinned by constraints.txt).
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
@@ -23,6 +24,16 @@ $(EDGE)/.installed: requirements-edge.txt constraints-edge.txt setup.cfg
 	$(EPIP) install -q --upgrade pip
 	$(EPIP) install -q -c constraints-edge.txt -r requirements-edge.txt pytest
 	$(EPIP) install -q --no-deps -e .
+	touch $@
+
+# The same with ai-edge-litert, tflite-runtime's successor (numpy 2; the only interpreter wheel
+# for Python >= 3.12): tests/edge runs against both.
+$(EDGEL)/.installed: requirements-edge-litert.txt constraints-edge-litert.txt setup.cfg
+	test -d $(EDGEL) || $(PYTHON) -m venv $(EDGEL)
+	$(EDGEL)/bin/python -m pip install -q --upgrade pip
+	$(EDGEL)/bin/python -m pip install -q -c constraints-edge-litert.txt \
+		-r requirements-edge-litert.txt pytest
+	$(EDGEL)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 # Benchmark-only environment for Sony's model-compression-toolkit (tools.bench.mct): MCT 2.6.1
@@ -42,8 +53,17 @@ test: test-host test-edge
 test-host: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q tests --ignore=tests/edge
 
-test-edge: $(EDGE)/.installed
-	$(EDGE)/bin/python -m pytest -q tests/edge
+# tests/edge against each TFLite runtime, TensorFlow-free (EDGE_RUNTIME_BACKEND: no silent fallback).
+test-edge: $(EDGE)/.installed $(EDGEL)/.installed
+	EDGE_RUNTIME_BACKEND=tflite_runtime $(EDGE)/bin/python -m pytest -q tests/edge
+	EDGE_RUNTIME_BACKEND=ai_edge_litert $(EDGEL)/bin/python -m pytest -q tests/edge
+
+# tests/edge on aarch64 (tflite-runtime, ai-edge-litert) and armv7l (tflite-runtime) userlands
+# under qemu user-mode emulation (Debian bookworm + PyPI wheels; needs root; the root
+# filesystems, wheels and venvs are cached in $${SHIFTER_DEVICES_CACHE:-/var/cache/shifter-tf-devices}).
+# Targets: make test-devices DEVICES="aarch64-tflite armv7l-tflite".
+test-devices:
+	tools/devices/test-devices.sh $(DEVICES)
 
 # Regenerate the small .tflite fixtures the edge tests use (needs the host environment).
 edge-fixtures: $(VENV)/.installed
@@ -69,4 +89,4 @@ bench-simd: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.bench.report --out bench --render-only
 
 clean:
-	rm -rf $(VENV) $(EDGE) $(MCT) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(EDGE) $(EDGEL) $(MCT) *.egg-info .pytest_cache
