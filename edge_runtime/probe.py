@@ -14,10 +14,11 @@ each file is probed once per device and runtime: ``$EDGE_RUNTIME_CACHE/probe.jso
 with no home (no ``HOME`` and no passwd entry: a systemd service with a dynamic user, a minimal
 container) uses ``<temp dir>/edge_runtime-<uid>/probe.json`` (a folder of its own, mode 0700;
 one that another user owns or can write is not trusted), else no file: verdicts are kept for
-this process only. Either way with a one-line warning. Writes are atomic (temp file + rename) and merge with what other processes wrote meanwhile; an
-unwritable cache only costs a re-probe next start. Only definite verdicts are cached: a pass, an
-exception or a crash by signal; a timeout, a kill (out of memory?), a missing Edge TPU delegate or
-a child that could not start are not. The cache is trusted like the code: whoever can write it
+this process only. Either way with a one-line warning. Writes are atomic (temp file + rename)
+and merge with what other processes wrote meanwhile; an unwritable cache only costs a re-probe
+next start. Only definite verdicts are cached: a pass, an exception or a crash by signal; a
+timeout, a kill (out of memory?), a missing Edge TPU delegate or a child that could not start
+are not. The cache is trusted like the code: whoever can write it
 can mark a file good (a signed portfolio still only loads files that match the signed manifest).
 
 Many files are probed by one child (one interpreter import); when it dies on a file, the parent

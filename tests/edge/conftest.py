@@ -17,6 +17,9 @@ if str(ROOT) not in sys.path:  # works before `pip install -e .` too
     sys.path.insert(0, str(ROOT))
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: Multiplies the tests' hang timeouts (subprocesses, thread joins): make test-devices sets it
+#: under qemu emulation, where one child Python that imports numpy and the runtime takes seconds.
+TIME_SCALE = float(os.environ.get("EDGE_TESTS_TIME_SCALE", "1"))
 PORTFOLIO = FIXTURES / "portfolio"
 IDS = ["L00-dense-fp32", "L02-pruned-fp32", "L04-pruned-fp32", "L04-pruned-int8"]
 

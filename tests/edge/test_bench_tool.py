@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, TIME_SCALE
 
 
 def test_bench_switcher_smoke(portfolio, tmp_path, backend):
@@ -11,7 +11,7 @@ def test_bench_switcher_smoke(portfolio, tmp_path, backend):
     res = subprocess.run([sys.executable, "-m", "tools.bench.switcher",
                           str(portfolio), "--out", str(out), "--repeats", "1", "--iters", "100",
                           "--startup-variants", "6"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+                         capture_output=True, text=True, timeout=120 * TIME_SCALE, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert doc["variants"] == 4 and doc["backend"].startswith(backend + " ")

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import IDS, ROOT, child_env
+from conftest import IDS, ROOT, TIME_SCALE, child_env
 from edge_runtime.cli import main
 
 
@@ -102,7 +102,7 @@ def test_console_entry_bad_schema_version_no_traceback(tmp_portfolio):
     doc["schema_version"] = 3
     (tmp_portfolio / "manifest.json").write_text(json.dumps(doc))
     out = subprocess.run([sys.executable, "-m", "edge_runtime", "info", str(tmp_portfolio)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         cwd=ROOT, capture_output=True, text=True, timeout=60 * TIME_SCALE,
                          env=child_env())
     assert out.returncode == 1
     assert out.stderr.strip() == (f"edge-switcher: error: {tmp_portfolio}/manifest.json: "

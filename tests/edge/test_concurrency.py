@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from conftest import IDS
+from conftest import IDS, TIME_SCALE
 
 
 def test_predict_while_switching(make_switcher, ref_inputs):
@@ -67,9 +67,9 @@ def test_predict_while_switching(make_switcher, ref_inputs):
     for t in workers + [sw_thread]:
         t.start()
     for t in workers:
-        t.join(timeout=60)
+        t.join(timeout=60 * TIME_SCALE)
     done.set()
-    sw_thread.join(timeout=60)
+    sw_thread.join(timeout=60 * TIME_SCALE)
     assert not any(t.is_alive() for t in workers + [sw_thread])
     assert errors == []
     assert n_switch[0] >= switches
@@ -113,6 +113,6 @@ def test_auto_policy_with_concurrent_budget_changes(make_switcher, ref_inputs):
         sw.set_budget((None, 2.0, 1.2, 0.8)[k % 4])
     stop.set()
     for w in ws:
-        w.join(timeout=30)
+        w.join(timeout=30 * TIME_SCALE)
     assert errors == [] and len(served) > 0
     assert set(served) <= set(IDS)

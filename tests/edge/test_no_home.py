@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PORTFOLIO, child_env
+from conftest import PORTFOLIO, TIME_SCALE, child_env
 
 # Imports everything while the files are readable, then loses its home: with "unknown-uid"
 # (root only) by becoming a user id that has no passwd entry, with "fake-passwd" by making the
@@ -73,7 +73,7 @@ def _run(mode: str, shared_tmp: Path, uid: int, tmpdir: Path):
         p.chmod(0o755 if p.is_dir() else 0o644)
     env = child_env(TMPDIR=str(tmpdir))          # no HOME, XDG_CACHE_HOME, EDGE_RUNTIME_CACHE
     res = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder), str(uid)],
-                         capture_output=True, text=True, timeout=120, env=env, cwd="/")
+                         capture_output=True, text=True, timeout=120 * TIME_SCALE, env=env, cwd="/")
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1]), res.stderr
 

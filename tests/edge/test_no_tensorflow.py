@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from conftest import ROOT, child_env
+from conftest import ROOT, TIME_SCALE, child_env
 
 
 def test_tensorflow_is_not_installed_here():
@@ -32,7 +32,7 @@ def test_using_edge_runtime_does_not_import_tensorflow(portfolio, ref_inputs, ba
         "print(get_backend().name, y.shape, 'tensorflow' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60, env=child_env())
+                         text=True, timeout=60 * TIME_SCALE, env=child_env())
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [backend, "(8,", "10)", "False"]
 
@@ -43,6 +43,6 @@ def test_importing_the_manifest_module_loads_no_interpreter():
             "print(sorted(m for m in ('numpy', 'tensorflow', 'tflite_runtime', "
             "'ai_edge_litert', 'edge_runtime.interpreter') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, env=child_env())
+                         timeout=60 * TIME_SCALE, env=child_env())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

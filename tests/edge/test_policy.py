@@ -128,7 +128,9 @@ def test_switcher_follows_the_application_budget(make_switcher, ref_inputs):
 def test_switcher_backs_off_under_cpu_load(make_switcher, ref_inputs):
     from edge_runtime.monitor import StaticMonitor
     mon = StaticMonitor(cpu_busy_other=0.0, cpu_count_=2)
-    sw = make_switcher(learn=False, monitor=mon, latency_budget_ms=3.0, decision_interval_s=0)
+    # a dwell time no machine reaches between two calls (under emulation 0.5 s can pass)
+    sw = make_switcher(learn=False, monitor=mon, latency_budget_ms=3.0, decision_interval_s=0,
+                       policy=BudgetPolicy(min_dwell_s=600.0))
     assert sw.predict(ref_inputs[0], return_variant=True)[1] == "L00-dense-fp32"
     mon.set(cpu_busy_other=0.85)                    # factor 1/0.3 = 3.33: only int8 (1.83) fits
     assert sw.predict(ref_inputs[0], return_variant=True)[1] == "L04-pruned-int8"
@@ -136,7 +138,7 @@ def test_switcher_backs_off_under_cpu_load(make_switcher, ref_inputs):
     mon.set(cpu_busy_other=0.0)
     # the upgrade back waits for the dwell time (no budget change) ...
     assert sw.predict(ref_inputs[0], return_variant=True)[1] == "L04-pruned-int8"
-    sw._last_switch -= 1.0                           # ... which has now passed
+    sw._last_switch -= 601.0                         # ... which has now passed
     assert sw.predict(ref_inputs[0], return_variant=True)[1] == "L00-dense-fp32"
 
 

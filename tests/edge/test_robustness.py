@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import IDS, child_env
+from conftest import IDS, TIME_SCALE, child_env
 from edge_runtime.manifest import load_manifest, sha256_bytes, write_manifest
 from edge_runtime.switcher import VariantUnavailable
 
@@ -56,7 +56,7 @@ print(json.dumps({"served_by": vid, "served": served, "probe": st["probe"],
 def _serve(folder, x_path, cache_dir):
     env = child_env(EDGE_RUNTIME_CACHE=str(cache_dir))
     res = subprocess.run([sys.executable, "-c", SERVE, str(folder), str(x_path)],
-                         capture_output=True, text=True, timeout=120, env=env)
+                         capture_output=True, text=True, timeout=120 * TIME_SCALE, env=env)
     return res
 
 
@@ -87,7 +87,7 @@ def test_the_edge_switcher_cli_serves_around_a_corrupt_variant(tmp_portfolio, tm
     env = child_env(EDGE_RUNTIME_CACHE=str(tmp_path / "cache"))
     res = subprocess.run([sys.executable, "-m", "edge_runtime", "run", str(tmp_portfolio),
                           "--input", str(x), "--json"], capture_output=True, text=True,
-                         timeout=120, env=env)
+                         timeout=120 * TIME_SCALE, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout)["variant"] == "L02-pruned-fp32"
     assert f"disabling variant {DENSE}" in res.stderr

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, TIME_SCALE
 from edge_runtime.cli import main as edge_main
 from edge_runtime.manifest import sha256_bytes, write_manifest
 from edge_runtime.signature import SignatureError, public_key_bytes
@@ -193,7 +193,7 @@ sys.exit(main(["info", sys.argv[1], "--public-key", sys.argv[2]]))
 def test_the_device_runs_without_cryptography_when_no_key_is_configured(signed, keys):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-c", NO_CRYPTO, str(signed), str(keys[1])],
-                         capture_output=True, text=True, timeout=120, env=env)
+                         capture_output=True, text=True, timeout=120 * TIME_SCALE, env=env)
     assert res.returncode == 1, res.stderr[-2000:]
     assert "signature  Ed25519, key" in res.stdout
     assert res.stderr.strip().splitlines()[-1:] == [
