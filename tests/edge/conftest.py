@@ -1,4 +1,5 @@
-"""Shared fixtures for the edge tests (run in .venv-edge: tflite-runtime, numpy<2, no TensorFlow).
+"""Shared fixtures for the edge tests, run without TensorFlow against each runtime: .venv-edge
+(tflite-runtime, numpy<2) and .venv-edge-litert (ai-edge-litert, numpy 2).
 
 The portfolio under fixtures/ is made by tools.edge_fixtures; reference outputs there
 were computed with TensorFlow's own TFLite interpreter.

@@ -1,4 +1,5 @@
-"""edge_runtime runs without TensorFlow: this suite runs in .venv-edge, where it is absent."""
+"""edge_runtime runs without TensorFlow: this suite runs in .venv-edge and .venv-edge-litert
+(and the device userlands of make test-devices), where it is absent."""
 import subprocess
 import sys
 
@@ -6,12 +7,14 @@ from conftest import ROOT, TIME_SCALE, child_env
 
 
 def test_tensorflow_is_not_installed_here():
-    # The Makefile runs tests/edge only in .venv-edge (tflite-runtime, numpy<2, no TensorFlow).
+    # The Makefile runs tests/edge only in TensorFlow-free environments: .venv-edge
+    # (tflite-runtime, numpy<2) and .venv-edge-litert (ai-edge-litert, numpy 2).
     try:
         import tensorflow  # noqa: F401
     except ImportError:
         return
-    raise AssertionError("tensorflow is importable: run tests/edge in .venv-edge")
+    raise AssertionError("tensorflow is importable: run tests/edge in .venv-edge or "
+                         ".venv-edge-litert")
 
 
 def test_numpy_is_one_the_backend_supports(backend):

@@ -248,8 +248,8 @@ print(platform.machine(), 'Python', sys.version.split()[0], 'numpy', numpy.__ver
             -p no:cacheprovider tests/edge ${PYTEST_ARGS:-}"
         rc=$?
         set -e
-        summary+=("$t: $([ $rc = 0 ] && echo passed || echo "FAILED (rc $rc)") in" \
-                  "$(( $(date +%s) - t1 )) s (set-up $(( t1 - t0 )) s)")
+        summary+=("$t: $([ $rc = 0 ] && echo passed || echo "FAILED (rc $rc)") in $((
+            $(date +%s) - t1 )) s (set-up $(( t1 - t0 )) s)")
         [ $rc = 0 ] || fails+=("$t")
     done
     [ $prepare_only = 1 ] && return 0
