@@ -1,6 +1,7 @@
 """``edge-switcher``: inspect, calibrate, run and demo a portfolio on the device.
 
-    edge-switcher info   PORTFOLIO              manifest summary, file and signature status
+    edge-switcher info   PORTFOLIO [--metadata] manifest summary, file and signature status,
+                                                the files' TFLite Model Metadata
     edge-switcher verify PORTFOLIO              load and run every variant in isolation
     edge-switcher bench PORTFOLIO               measure every variant here, write device_profile.json
     edge-switcher run   PORTFOLIO --input x.npy [--budget-ms N] [--variant ID]
@@ -94,9 +95,40 @@ def cmd_info(args: argparse.Namespace) -> int:
                         "device ms@1", "dev", "loads", "file"]))
     if any(r[-2] == "?" for r in rows):
         print("loads: ? = not checked on this device yet (edge-switcher verify checks it)")
+    _print_metadata(m, every=args.metadata)
     for msg in bad:
         print(f"edge-switcher: {msg}", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _print_metadata(m: Any, every: bool) -> None:
+    """The TFLite Model Metadata of the first variant (of every one with ``every``); one line
+    saying why when this environment cannot read it (no ``flatbuffers`` package)."""
+    from edge_runtime.manifest import VariantFileError, read_variant_file
+    from edge_runtime.tflite_metadata import (MetadataError, MetadataUnavailable, describe,
+                                              read_metadata)
+
+    pad = " " * 11
+    print()
+    for v in m.variants if every else m.variants[:1]:
+        try:
+            meta = read_metadata(read_variant_file(m.folder, v))
+        except VariantFileError:
+            continue                      # reported with the table
+        except MetadataUnavailable as e:
+            said = sum(1 for x in m.variants if x.extra.get("metadata"))
+            print(f"metadata   {e}" + (f"; per the manifest {said} of {len(m.variants)} "
+                                       "variants carry it" if said else ""))
+            return
+        except MetadataError as e:
+            print(f"metadata   {v.id}: {e}")
+            continue
+        lines = describe(meta)
+        print(f"metadata   {v.id}: {lines[0]}")
+        for line in lines[1:]:
+            print(pad + line)
+    if not every and len(m.variants) > 1:
+        print(pad + "(edge-switcher info --metadata shows every variant's)")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -246,8 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    s = sub.add_parser("info", help="manifest summary, file and signature status")
+    s = sub.add_parser("info", help="manifest summary, file and signature status, the files' "
+                                    "TFLite Model Metadata")
     s.add_argument("portfolio")
+    s.add_argument("--metadata", action="store_true",
+                   help="show every variant's TFLite Model Metadata, not only the first's")
     s.set_defaults(fn=cmd_info)
 
     s = sub.add_parser("verify", help="load and run every variant in a process of its own; "

@@ -199,11 +199,13 @@ def prune(target, data=None, *, force: Optional[bool] = None, sample=None,
 
 
 def export_portfolio(target, data=None, *, representative_data=None,
-                     precisions: Optional[Sequence[str]] = None, progress: bool = True) -> dict:
+                     precisions: Optional[Sequence[str]] = None, progress: bool = True,
+                     android: Optional[bool] = None) -> dict:
     """Convert every variant to TFLite, measure it and write RUN/portfolio/ with its manifest.
 
     `representative_data` (a tf.data.Dataset of x or (x, y), or an array) feeds full-int8
-    calibration; by default it comes from the training stream. Returns the manifest."""
+    calibration; by default it comes from the training stream. `android=True`: Android-ready
+    variants (`export.android`). Returns the manifest."""
     import json
 
     from shifter_tf import pipeline
@@ -211,12 +213,14 @@ def export_portfolio(target, data=None, *, representative_data=None,
     from shifter_tf.train import lottery
 
     run, data = _run_and_data(target, data)
-    overrides = {"export.precisions": list(precisions)} if precisions else None
+    overrides = {"export.precisions": list(precisions)} if precisions else {}
+    if android is not None:
+        overrides["export.android"] = bool(android)
     rep = None
     if representative_data is not None:
         rank = len(lottery.load_level_model(run, 0).inputs[0].shape) - 1
         rep = _representative(representative_data, rank)
-    pipeline.export_run(run, data=data, progress=progress, overrides=overrides,
+    pipeline.export_run(run, data=data, progress=progress, overrides=overrides or None,
                         representative=rep)
     manifest = json.loads((run / "portfolio" / "manifest.json").read_text())
     if isinstance(target, Portfolio):

@@ -149,6 +149,7 @@ def export_run(run: Path, data: Optional[Dataset] = None, progress: bool = True,
                                threads=ex.threads, runs=ex.latency_runs, warmup=ex.latency_warmup,
                                representative=ex.representative_samples,
                                eval_limit=ex.eval_limit, progress=progress,
+                               metadata=ex.metadata, android=ex.android,
                                representative_data=representative)
     return variant_table(manifest)
 

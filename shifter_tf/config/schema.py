@@ -122,6 +122,12 @@ class ExportConfig:
     # zeros the rewrite leaves inside kept filters: a smaller file, the same outputs and speed
     # (the interpreter densifies at load). Not for int8: ai-edge-litert cannot load sparse int8.
     sparse_encoding: bool = True
+    # TFLite Model Metadata in every file (name, version, normalisation in raw-pixel units, colour
+    # space, output meaning, labels.txt): what Android's Task Library and ML Model Binding read.
+    metadata: bool = True
+    # Android-ready variants: raw RGB pixels in (a luma front for 1-channel models), the
+    # normalisation and a softmax inside the model, uint8 (not int8) in/out of full-integer int8.
+    android: bool = False
 
 
 @dataclass

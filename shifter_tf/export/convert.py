@@ -1,7 +1,9 @@
 """TFLite conversion with `tf.lite.TFLiteConverter`: fp32, fp16, dynamic-range int8, full int8.
 
 Full int8 has int8 inputs and outputs and only int8 builtin ops: the form Coral's
-edgetpu_compiler accepts. `sparse=True` adds the converter's EXPERIMENTAL_SPARSITY optimisation,
+edgetpu_compiler accepts. With `android=True` (`export.android`) it has uint8 inputs and outputs
+instead, the input quantised as raw pixels (`shifter_tf.export.android`): what the Task Library
+accepts. `sparse=True` adds the converter's EXPERIMENTAL_SPARSITY optimisation,
 which is how tfmot recommends deploying an unstructured-sparse model.
 """
 from __future__ import annotations
@@ -34,10 +36,13 @@ def _concrete(model: keras.Model):
 
 
 def convert(model: keras.Model, precision: str = "fp32",
-            representative: Optional[np.ndarray] = None, sparse: bool = False) -> bytes:
+            representative: Optional[np.ndarray] = None, sparse: bool = False,
+            android: bool = False) -> bytes:
     """Convert a tf_keras model to TFLite bytes at `precision`.
 
-    `representative` (normalised float32 examples) is required for full-integer int8.
+    `representative` (float32 examples as the model takes them) is required for full-integer
+    int8. `android`: uint8 instead of int8 at the boundary of a full-integer model whose input
+    is raw pixels (`shifter_tf.export.android.android_model`).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; one of {PRECISIONS}")
@@ -61,13 +66,17 @@ def convert(model: keras.Model, precision: str = "fp32",
                 yield [rep[i:i + 1]]
         conv.representative_dataset = gen
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
+        conv.inference_input_type = tf.uint8 if android else tf.int8
+        conv.inference_output_type = tf.uint8 if android else tf.int8
     try:
-        return conv.convert()
+        blob = conv.convert()
     except Exception as e:  # the converter raises many types with MLIR dumps attached
         raise ExportError(f"{model.name}: TFLite conversion to {precision} failed: "
                           f"{str(e).splitlines()[0][:300]}") from None
+    if android and precision == "int8":
+        from shifter_tf.export.android import pixel_input
+        blob = pixel_input(blob)
+    return blob
 
 
 # ---- parallel conversion ------------------------------------------------------------------
@@ -91,7 +100,7 @@ def _serve(fd: int) -> None:
     import sys
     out = os.fdopen(fd, "wb")
     inp = sys.stdin.buffer
-    rep = pickle.load(inp)
+    rep, options = pickle.load(inp)
     cached = (None, None)
     pickle.dump("ready", out)
     out.flush()
@@ -105,7 +114,7 @@ def _serve(fd: int) -> None:
                 model = keras.models.model_from_json(payload[0])
                 model.set_weights(payload[1])
                 cached = (key, model)
-            result = convert(cached[1], precision, rep, sparse=sparse)
+            result = convert(cached[1], precision, rep, sparse=sparse, **options)
         except Exception as e:  # reported to the parent, which converts the job itself
             result = RuntimeError(f"{type(e).__name__}: {str(e)[:300]}")
         pickle.dump(result, out)
@@ -157,11 +166,13 @@ class ConverterPool:
     takes the next job from one queue; a worker only starts taking jobs once TensorFlow is
     loaded in it, so a pool never makes a small portfolio slower. A job a worker fails on (or
     a model it cannot rebuild) is converted here, where a real conversion error is raised.
+    `options` are further keywords of every `convert` call (`android`).
     """
 
     def __init__(self, representative: Optional[np.ndarray], workers: int = 0,
-                 local: bool = True, convert_fn=None):
+                 local: bool = True, convert_fn=None, options: Optional[dict] = None):
         self.rep = representative
+        self.options = dict(options or {})
         self.convert = convert_fn or convert   # conversions in this process
         self.workers = max(0, int(workers))
         self.local = local    # False: this process converts only what no worker can
@@ -199,7 +210,7 @@ class ConverterPool:
         """Thread body feeding one worker process."""
         import pickle
         try:
-            pickle.dump(self.rep, proc.stdin)
+            pickle.dump((self.rep, self.options), proc.stdin)
             proc.stdin.flush()
             if pickle.load(proc.stdout) != "ready":
                 return
@@ -300,7 +311,8 @@ class ConverterPool:
                 else:   # failed in the worker: convert here (raises a real error)
                     _, (_, model, precision, sparse), _ = job
                     self.converted["retried_here"] += 1
-                    yield i, self.convert(model, precision, self.rep, sparse=sparse)
+                    yield i, self.convert(model, precision, self.rep, sparse=sparse,
+                                      **self.options)
                 refill()
             item = take(for_worker=False)
             if item is None:
@@ -312,7 +324,8 @@ class ConverterPool:
             i, (_, model, precision, sparse), _ = item
             state["outstanding"] -= 1
             self.converted["here"] += 1
-            yield i, self.convert(model, precision, self.rep, sparse=sparse)
+            yield i, self.convert(model, precision, self.rep, sparse=sparse,
+                                      **self.options)
 
 
 _WAIT = object()

@@ -1,8 +1,9 @@
 """The portfolio folder, the contract with the device: variants/*.tflite + manifest.json.
 
-Every variant is converted, written and measured on a TFLite interpreter; the folder is built
-under a temporary name and swapped in whole, so a crash mid-export leaves the previous portfolio
-(and its manifest) intact.
+Every variant is converted, given its TFLite Model Metadata (`export.metadata`), written and
+measured on a TFLite interpreter; the folder is built under a temporary name and swapped in whole,
+so a crash mid-export leaves the previous portfolio (and its manifest) intact. With
+`export.android` every variant is Android-ready (`shifter_tf.export.android`).
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from tqdm.auto import tqdm
 import shifter_tf
 from edge_runtime.manifest import file_entry, load_manifest, new_manifest, write_manifest
 from shifter_tf.data.sets import Dataset
+from shifter_tf.export import android as droid
 from shifter_tf.export.convert import ConverterPool, convert, default_workers
 from shifter_tf.export.evaluate import measure
+from shifter_tf.export.metadata import add_metadata
 from shifter_tf.util.io import atomic_dir
 from shifter_tf.util.tables import markdown_table
 from shifter_tf.surgery import count_params_and_macs
@@ -51,33 +54,54 @@ def variant_id(kind: str, level: int, precision: str) -> str:
     return f"L{level:02d}-{kind}-{precision}"
 
 
-def task_entry(data: Dataset, name: str) -> dict:
+def task_entry(data: Dataset, name: str, output: str = "logits") -> dict:
     """The manifest's task. `normalization` is what the device applies: null when the model
-    (`normalization_source: model`) or the caller's own preprocessing (`caller`) does it."""
+    (`normalization_source: model`) or the caller's own preprocessing (`caller`) does it.
+    `output`: what the model returns, logits or probabilities."""
     norm = data.norm.to_dict()
     source = norm.pop("source")
     return {"name": name, "input_shape": list(data.input_shape), "input_dtype": "float32",
             "normalization": norm if data.norm.on_device else None,
             "normalization_source": source, "labels": list(data.labels),
-            "num_classes": data.num_classes}
+            "num_classes": data.num_classes, "output": output}
+
+
+def _samples(data, eval_limit, representative, representative_data, android):
+    """(x_test, y_test, representative inputs) as the exported models take them."""
+    if android:
+        x_test, y_test = droid.raw_pixels(data, "test", eval_limit or data.count("test"))
+        rep = (droid.raw_pixels(data, "train", representative, seed=0)[0]
+               if representative_data is None else droid.to_rgb(droid.denormalize(
+                   np.asarray(representative_data)[:representative], data.norm)))
+        return x_test, y_test, rep
+    x_test, y_test = data.sample("test", eval_limit or data.count("test"))
+    rep = (data.sample("train", representative, seed=0)[0] if representative_data is None
+           else np.asarray(representative_data, np.float32)[:representative])
+    return x_test, y_test, rep
 
 
 def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, name: str,
                     threads: Sequence[int] = (1, 0), runs: int = 50, warmup: int = 5,
                     representative: int = 200, eval_limit: Optional[int] = None,
                     progress: bool = True, workers: Optional[int] = None,
-                    representative_data: Optional[np.ndarray] = None) -> dict:
+                    representative_data: Optional[np.ndarray] = None, metadata: bool = True,
+                    android: bool = False) -> dict:
     """Convert, measure and write every candidate at each of its precisions; returns the manifest.
 
     `workers`: converter processes besides this one (default, from PARALLEL_FROM variants on:
     one per further core that is idle when the export starts; 0 converts everything here).
-    The files are byte-identical whichever process converts them.
+    The files are byte-identical whichever process converts them. `metadata`: TFLite Model
+    Metadata and labels.txt in every file; `android`: Android-ready variants (raw RGB pixels in,
+    probabilities out, uint8 at the boundary of full-integer ones).
     """
-    x_test, y_test = data.sample("test", eval_limit or data.count("test"))
-    rep = (data.sample("train", representative, seed=0)[0] if representative_data is None
-           else np.asarray(representative_data, np.float32)[:representative])
+    if android:
+        droid.check_android(data.input_shape, data.norm)
+    x_test, y_test, rep = _samples(data, eval_limit, representative, representative_data,
+                                   android)
     total = sum(len(c.precisions) for c in candidates)
     manifest: dict = {}
+    task: dict = {}
+    generator = f"shifter-tf {shifter_tf.__version__}"
 
     def fill(tmp: Path) -> None:
         (tmp / "variants").mkdir()
@@ -87,7 +111,15 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
         def conversions():
             for k, c in enumerate(candidates):
                 model = c.load()
-                counts = count_params_and_macs(model)
+                counts = count_params_and_macs(model)   # the network's, without a front
+                if not task:
+                    softmax = droid.ends_with_softmax(model)
+                    task.update(task_entry(data, name, "probabilities" if softmax
+                                           else "logits"))
+                    if android:
+                        task.update(droid.android_task(task, data.norm, not softmax))
+                if android:
+                    model = droid.android_model(model, data.norm)
                 for precision in c.precisions:
                     encode = c.sparse_encoding and precision in SPARSE_ENCODABLE
                     jobs.append((c, precision, encode, counts))
@@ -99,11 +131,16 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
             default_workers() if total >= PARALLEL_FROM else 0)
         bar = tqdm(total=total, desc="convert", unit="variant", disable=not progress)
         with ConverterPool(rep, min(n_workers, max(total - 1, 0)),
-                           convert_fn=lambda *a, **k: convert(*a, **k)) as pool:
+                           convert_fn=lambda *a, **k: convert(*a, **k),
+                           options={"android": True} if android else None) as pool:
             for i, blob in pool.run(conversions()):
                 c, precision = jobs[i][:2]
-                (tmp / f"variants/{variant_id(c.kind, c.level, precision)}.tflite"
-                 ).write_bytes(blob)
+                vid = variant_id(c.kind, c.level, precision)
+                if metadata:
+                    blob = add_metadata(blob, task, {
+                        "id": vid, "kind": c.kind, "level": c.level, "density": c.density,
+                        "precision": precision}, generator)
+                (tmp / f"variants/{vid}.tflite").write_bytes(blob)
                 bar.update(1)
         bar.close()
         bar = tqdm(total=total, desc="measure", unit="variant", disable=not progress)
@@ -120,15 +157,15 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
                 "params_nonzero": int(nonzero), "macs": int(macs), "accuracy": m.accuracy,
                 "latency_ms": m.latency_ms, "latency_p90_ms": m.latency_p90_ms,
                 "init_ms": m.init_ms, "parent": parent,
-                "sparse_encoding": encode, **(c.extra or {})})
+                "sparse_encoding": encode, "metadata": bool(metadata), **(c.extra or {})})
             bar.update(1)
         bar.close()
         known = {e["id"] for e in entries}
         for e in entries:   # a parent that was not exported (kind or precision off) is dropped
             if e["parent"] not in known:
                 e["parent"] = None
-        manifest.update(new_manifest(task_entry(data, name), entries,
-                                     generator=f"shifter-tf {shifter_tf.__version__}"))
+        manifest.update(new_manifest(task or task_entry(data, name), entries,
+                                     generator=generator))
         write_manifest(tmp, manifest)
 
     atomic_dir(out, fill)

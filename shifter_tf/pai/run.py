@@ -125,7 +125,8 @@ def export_hook(cfg: Config, data: Dataset, folder: Path, sparse: keras.Model,
     manifest = build_portfolio(folder / "portfolio", cands, data, f"{cfg.name}-{label}",
                                threads=ex.threads, runs=ex.latency_runs, warmup=ex.latency_warmup,
                                representative=ex.representative_samples,
-                               eval_limit=ex.eval_limit, progress=progress)
+                               eval_limit=ex.eval_limit, progress=progress,
+                               metadata=ex.metadata, android=ex.android)
     return list(manifest["variants"])
 
 
