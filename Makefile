@@ -6,10 +6,12 @@ PIP    := $(VENV)/bin/python -m pip
 EPIP   := $(EDGE)/bin/python -m pip
 EDGEL  := .venv-edge-litert
 MCT    := .venv-mct
+TASKLIB := .venv-tasklib
+TASKLIB_PYTHON ?= $(PYTHON)
 CONFIG ?= configs/mnist5k_vgg.yaml
 RUN    ?= runs/demo
 
-.PHONY: demo test test-host test-edge test-devices bench edge-fixtures clean
+.PHONY: demo test test-host test-edge test-devices test-tasklib bench edge-fixtures clean
 
 # Host environment: TensorFlow, tf_keras, tfmot, keras-tuner (pinned by constraints.txt).
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
@@ -45,13 +47,34 @@ $(MCT)/.installed: constraints-mct.txt
 		mct-quantizers model-compression-toolkit
 	touch $@
 
+# Test-only environment for Android's Task Library (tests/test_task_library.py): tflite-support
+# 0.4.4 (its last release: Python <= 3.11) cannot share an environment with TensorFlow 2.21
+# (protobuf < 4 vs >= 6.31), and its native code needs libusb-1.0 (apt-get installs it as root).
+$(TASKLIB)/.installed: constraints-tasklib.txt
+	@$(TASKLIB_PYTHON) -c 'import sys; sys.exit(sys.version_info >= (3, 12))' || { echo \
+	  "tflite-support 0.4.4 needs Python <= 3.11: make TASKLIB_PYTHON=python3.11"; exit 1; }
+	@$(TASKLIB_PYTHON) -c 'import ctypes.util as u, sys; sys.exit(not u.find_library("usb-1.0"))' \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	       { apt-get install -y -q libusb-1.0-0 || { apt-get update -q && \
+	         apt-get install -y -q libusb-1.0-0; }; }; } \
+	  || { echo "tflite-support needs libusb-1.0: sudo apt-get install libusb-1.0-0"; exit 1; }
+	test -d $(TASKLIB) || $(TASKLIB_PYTHON) -m venv $(TASKLIB)
+	$(TASKLIB)/bin/python -m pip install -q --upgrade pip
+	$(TASKLIB)/bin/python -m pip install -q -c constraints-tasklib.txt tflite-support numpy
+	touch $@
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/shifter-tf run --config $(CONFIG) --out $(RUN)
 
 test: test-host test-edge
 
-test-host: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q tests --ignore=tests/edge
+# The host suite includes tests/test_task_library.py, which needs $(TASKLIB) (created here).
+test-host: $(VENV)/.installed $(TASKLIB)/.installed
+	SHIFTER_TF_REQUIRE_TASKLIB=1 $(VENV)/bin/python -m pytest -q tests --ignore=tests/edge
+
+# Only the Task Library test: exported files opened by tflite-support's ImageClassifier.
+test-tasklib: $(VENV)/.installed $(TASKLIB)/.installed
+	SHIFTER_TF_REQUIRE_TASKLIB=1 $(VENV)/bin/python -m pytest -q tests/test_task_library.py
 
 # tests/edge against each TFLite runtime, TensorFlow-free (EDGE_RUNTIME_BACKEND: no silent fallback).
 test-edge: $(EDGE)/.installed $(EDGEL)/.installed
@@ -89,4 +112,4 @@ bench-simd: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.bench.report --out bench --render-only
 
 clean:
-	rm -rf $(VENV) $(EDGE) $(EDGEL) $(MCT) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(EDGE) $(EDGEL) $(MCT) $(TASKLIB) *.egg-info .pytest_cache
