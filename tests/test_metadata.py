@@ -147,8 +147,10 @@ def test_android_variants_are_what_the_task_library_accepts(tmp_path, tiny):
         assert inp["normalization"] == {"mean": [0.0], "std": [1.0]}
         assert out["name"] == "probability" and meta["labels"] == LABELS
         assert inp["stats"] == {"min": [0.0], "max": [255.0]}   # raw pixels either way
-    # the switcher serves them with raw pixels, as the manifest says
+    # the switcher serves them with raw pixels, as the manifest says; verify accepts them
     from edge_runtime import EdgeSwitcher
+    from edge_runtime.cli import main
+    assert main(["verify", str(tmp_path)]) == 0
     sw = EdgeSwitcher.from_portfolio(tmp_path, preload="all", safe_load=False)
     sw.switch_to(m["variants"][0]["id"])
     np.testing.assert_allclose(sw.predict(droid.to_rgb(grey)), ref, atol=1e-5)
@@ -217,3 +219,14 @@ def test_edge_switcher_info_shows_the_metadata(tmp_path, tiny, capsys, monkeypat
     assert "cannot read TFLite Model Metadata here: the `flatbuffers` package is not " \
            "installed" in out and "per the manifest 2 of 2 variants carry it" in out
     json.loads((tmp_path / "manifest.json").read_text())
+
+
+def test_config_keys():
+    from shifter_tf.config.schema import from_dict
+    from shifter_tf.errors import ConfigError
+
+    cfg = from_dict({})
+    assert cfg.export.metadata is True and cfg.export.android is False
+    assert from_dict({"export": {"android": True, "metadata": False}}).export.android is True
+    with pytest.raises(ConfigError, match="export.android"):
+        from_dict({"export": {"android": "yes"}})
