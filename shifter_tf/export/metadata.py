@@ -176,6 +176,8 @@ def _input(task: dict, dtype: str) -> dict:
             if image else f"Input of shape {shape}")
     if dtype == "uint8":
         how = "raw pixel values 0..255 as uint8"
+    elif norm == {"mean": [0.0], "std": [1.0]}:
+        how = f"raw pixel values 0..255 as {dtype}"
     elif norm is None:
         how = f"{dtype}, preprocessed as by the caller's own pipeline at training time"
     else:
