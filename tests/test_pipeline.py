@@ -157,7 +157,10 @@ def test_sparse_encoding_shrinks_pruned_files_without_changing_outputs(run, mnis
         np.testing.assert_array_equal(load_runner(plain, 1).run(x)[0],
                                       load_runner(encoded, 1).run(x)[0])
     shipped = (run / "portfolio" / "variants" / "L02-pruned-fp32.tflite").read_bytes()
-    assert len(shipped) == len(convert(pruned, "fp32", sparse=True))
+    from shifter_tf.export.metadata import add_metadata   # export.metadata is on by default
+    entry = next(v for v in doc["variants"] if v["id"] == "L02-pruned-fp32")
+    assert shipped == add_metadata(convert(pruned, "fp32", sparse=True), doc["task"], entry,
+                                   doc["generator"])
 
 
 def test_accuracy_floor_keeps_collapsed_levels_out_of_the_portfolio(run, mnist_tiny, tmp_path):
