@@ -95,14 +95,14 @@ def below_floor(results: list, drop: Optional[float],
     levels at or below `chance` (the highest accuracy still within noise of chance,
     `shifter_tf.train.sanity`): {level: acc}. They stay in the run (levels/, pruned/) and the
     report lists them, but the portfolio never offers the device a model that has collapsed.
+    `drop` None switches the floor off: every level is deployed, even one at chance.
     """
-    out = {r.level: r.test_accuracy for r in results
-           if chance is not None and r.level > 0 and r.test_accuracy <= chance}
     dense = next((r.test_accuracy for r in results if r.level == 0), None)
-    if drop is not None and dense is not None:
-        out.update({r.level: r.test_accuracy for r in results
-                    if r.level > 0 and r.test_accuracy < dense - drop - 1e-9})
-    return out
+    if drop is None or dense is None:
+        return {}
+    chance = -1.0 if chance is None else chance
+    return {r.level: r.test_accuracy for r in results if r.level > 0 and (
+        r.test_accuracy < dense - drop - 1e-9 or r.test_accuracy <= chance)}
 
 
 def _chance_floor(run: Path, cfg: Config, levels: list, data) -> Optional[float]:

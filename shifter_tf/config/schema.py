@@ -127,8 +127,8 @@ class ExportConfig:
 @dataclass
 class PortfolioConfig:
     """What is deployed into RUN/portfolio/ (every level stays in the run either way)."""
-    # A level whose test accuracy is more than this below dense is kept in the run and listed
-    # in the report as not deployed; null deploys every level.
+    # A level whose test accuracy is more than this below dense, or within noise of chance, is
+    # kept in the run and listed in the report as not deployed; null deploys every level.
     max_accuracy_drop: Optional[float] = 0.01
     # Level 0 (dense) below this test accuracy stops the run (training) and the export; a dense
     # model within noise of chance always does (shifter_tf.train.sanity), and no level whose

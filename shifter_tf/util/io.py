@@ -62,9 +62,10 @@ def storage_error(e: BaseException, folder: Optional[str | Path] = None,
     os_err = _refusal(e)
     if os_err is None:
         return None
-    if folder is None:
+    if folder is None:       # a write outside the helpers: the file the error names
         name = os_err.filename
-        folder = (Path(name) if Path(str(name)).is_dir() else Path(name).parent) if name else "."
+        folder = Path(name).parent if name else Path(".")
+        what = what or (Path(name).name if name else None)
     what = what() if callable(what) else what
     needed = needed() if callable(needed) else needed
     free = free_bytes(folder)
