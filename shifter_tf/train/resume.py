@@ -53,9 +53,10 @@ def _short(v: Any) -> str:
 
 
 def check_resume(cfg: Config, run: Path, allow: bool = False) -> dict[str, tuple[Any, Any]]:
-    """The training changes against RUN/config.yaml; ConfigError unless `allow`."""
+    """The training changes against RUN/config.yaml; ConfigError unless `allow`. A run with no
+    finished level has nothing to compare with: it starts over with the new config."""
     saved = Path(run) / "config.yaml"
-    if not saved.exists():
+    if not saved.exists() or not any((Path(run) / "levels").glob("level_*/metrics.json")):
         return {}
     changes = training_changes(load_config(saved).to_dict(), cfg.to_dict())
     if changes and not allow:
