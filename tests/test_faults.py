@@ -102,7 +102,8 @@ def trained(tmp_path_factory, mnist_tiny):
     from shifter_tf.train import lottery
 
     run = tmp_path_factory.mktemp("trained") / "run"
-    cfg = tiny_config(lottery={"levels": 1}, portfolio={"max_accuracy_drop": None})
+    cfg = tiny_config(lottery={"levels": 1}, portfolio={"max_accuracy_drop": None,
+                                                        "stop_at_chance": True})
     lottery.run_lottery(cfg, run, data=mnist_tiny, progress=False)
     pipeline.prune_run(run, data=mnist_tiny, progress=False)
     pipeline.export_run(run, data=mnist_tiny, progress=False)
@@ -287,8 +288,8 @@ def test_resume_of_an_unfinished_run_records_the_levels_it_changes(trained, tmp_
 
     run = copy_run(trained, tmp_path / "run", skip=("level_01", "pruned", "portfolio"))
     before = hashes(run)
-    other = tiny_config(lottery={"levels": 1}, portfolio={"max_accuracy_drop": None},
-                        train={"lr": 0.04}, seed=7)
+    other = tiny_config(lottery={"levels": 1}, train={"lr": 0.04}, seed=7,
+                        portfolio={"max_accuracy_drop": None, "stop_at_chance": True})
     with pytest.raises(ConfigError, match=r"seed \(1 -> 7\), train\.lr \(0\.05 -> 0\.04\)"):
         lottery.run_lottery(other, run, data=mnist_tiny, progress=False, resume=True)
     assert hashes(run) == before
@@ -371,8 +372,8 @@ def test_degenerate_arrays_are_refused():
 def test_a_dense_level_at_chance_stops_the_run(tmp_path):
     """64 training images, one short epoch: level 0 predicts one class (0.100 on 10 classes)."""
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(data={"limit_train": 64},
-                                              lottery={"levels": 1}).to_dict()))
+    cfg.write_text(yaml.safe_dump(tiny_config(data={"limit_train": 64}, lottery={"levels": 1},
+                                              portfolio={"stop_at_chance": True}).to_dict()))
     rc, lines, raw, _ = cli(["train", "--config", cfg, "--out", tmp_path / "run"], cwd=tmp_path)
     assert_one_line(rc, lines, raw, ["level 0 (dense)", "within noise of chance",
                                      "train.lr 0.05", "nothing was saved"])

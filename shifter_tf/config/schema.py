@@ -134,6 +134,8 @@ class PortfolioConfig:
     # model within noise of chance always does (shifter_tf.train.sanity), and no level whose
     # accuracy is within noise of chance is deployed.
     min_dense_accuracy: Optional[float] = None
+    # false: a smoke run on too little data carries on with a dense level at chance (tests).
+    stop_at_chance: bool = True
 
 
 @dataclass

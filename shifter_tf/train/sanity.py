@@ -4,7 +4,8 @@
 for balanced data), and "within noise of it" is up to three binomial standard deviations above
 it on the test split's size: a model that learned nothing scores there by luck about once in
 700 runs, one that learned anything useful is far above it. `portfolio.min_dense_accuracy`
-raises the bar to a number of the user's choosing.
+raises the bar to a number of the user's choosing; `portfolio.stop_at_chance: false` lets
+a smoke run (a few batches, to test the plumbing) carry on.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def dense_problem(cfg: Config, data, accuracy: float) -> Optional[str]:
     p, n = chance(data)
     ceiling = chance_ceiling(p, n)
     floor = cfg.portfolio.min_dense_accuracy
-    if accuracy <= ceiling:
+    if accuracy <= ceiling and cfg.portfolio.stop_at_chance:
         why = (f"within noise of chance (always guessing the most frequent of "
                f"{data.num_classes} classes scores {p:.3f}; up to {ceiling:.3f} on {n:,} test "
                "examples is luck)")
