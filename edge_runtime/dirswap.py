@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -75,6 +75,33 @@ def recover_dir(final: PathLike) -> bool:
         shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     return final.exists()
+
+
+def complete_copy(final: PathLike) -> Optional[Path]:
+    """The complete copy an interrupted swap left beside a missing `final` (.NAME.new, else
+    .NAME.old), or None."""
+    final = Path(final)
+    _, new, old = _names(final)
+    return next((c for c in (new, old) if c.is_dir()), None)
+
+
+def restore_dir(final: PathLike) -> Optional[Path]:
+    """For a reader (a device starting up): if `final` is missing but an interrupted swap left
+    a complete copy, rename that copy back to `final` and return the copy's old path.
+
+    Unlike `recover_dir` it never deletes anything: a `.NAME.tmp` may be a writer's folder being
+    filled right now. Raises OSError when the rename is refused (a read-only folder): the caller
+    then names the copy to use.
+    """
+    final = Path(final)
+    if final.exists():
+        return None
+    copy = complete_copy(final)
+    if copy is None:
+        return None
+    os.replace(copy, final)
+    _fsync_dir(final.parent)
+    return copy
 
 
 def swap_dir(final: PathLike, fill: Callable[[Path], None]) -> None:

@@ -1,7 +1,9 @@
 """The variants behind an ``EdgeSwitcher``: verification, isolated check, loading, health.
 
 Health rules: a variant is disabled (``_Slot.error`` says why, ``stats()`` shows it) when its file
-is missing, truncated or does not match the manifest's sha256; when the isolated check of
+is missing, truncated or does not match the manifest's sha256; when its input or output shape or
+dtype does not fit the manifest's task and its precision (``edge_runtime.iocheck``, checked on
+the isolated check's report and again on the loaded interpreter); when the isolated check of
 ``edge_runtime.probe`` says the file crashes, refuses to load or fails to run the interpreter;
 when it fails to load in this process; or when an ``invoke`` fails while serving (the switcher
 then fails over). Disabled variants stay disabled for the life of the switcher.
@@ -22,6 +24,7 @@ from typing import Any, Deque, Dict, List, Optional
 import numpy as np
 
 from edge_runtime.interpreter import DelegateUnavailable, Runner, load_runner
+from edge_runtime.iocheck import io_problems, runner_problems
 from edge_runtime.manifest import Manifest, Variant, VariantFileError, read_variant_file
 from edge_runtime.policy import pick_threads_key
 from edge_runtime.probe import ProbeItem, check_files, open_cache, probe_files
@@ -88,6 +91,7 @@ class VariantPool:
                  probe_timeout_s: float = 30.0):
         self.folder = Path(manifest.folder)  # type: ignore[arg-type]
         self.shape = tuple(manifest.task.input_shape)
+        self.num_classes = int(manifest.task.num_classes)
         self.num_threads = num_threads
         self.profile = profile
         self.memory_budget_mb = memory_budget_mb
@@ -153,6 +157,12 @@ class VariantPool:
             if v is not None and not v.ok and v.stage != "spawn":
                 self.mark_broken(s, f"variant {s.variant.id!r}: {v.reason}")
                 self.probe_stats["rejected"] += 1
+            elif v is not None and v.ok and v.input is not None:
+                bad = io_problems(s.variant, self.shape, self.num_classes, v.input, v.output,
+                                  check_finite=False)
+                if bad:
+                    self.mark_broken(s, "; ".join(bad) + " (it does not fit the manifest's task)")
+                    self.probe_stats["rejected"] += 1
         self.probe_stats.update(files=len(slots), probed=probed, cached=len(slots) - probed,
                                 ms=round((time.perf_counter() - t0) * 1e3, 3))
 
@@ -219,9 +229,9 @@ class VariantPool:
                 msg = f"variant {v.id!r}: {self.folder / v.file} failed to load: {e}"
                 self.mark_broken(slot, msg, failure=True)
                 raise VariantUnavailable(msg) from None
-            if runner.example_shape != self.shape:
-                msg = (f"variant {v.id!r}: model input shape {runner.example_shape} does not "
-                       f"match the manifest's task.input_shape {self.shape}")
+            bad = runner_problems(v, self.shape, self.num_classes, runner)
+            if bad:   # e.g. a 5-class file in place of a 10-class variant: never served
+                msg = "; ".join(bad) + " (it does not fit the manifest's task)"
                 self.mark_broken(slot, msg)
                 raise VariantUnavailable(msg)
             if not (self.profile and v.id in self.profile.variants

@@ -33,6 +33,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
+from edge_runtime.dirswap import complete_copy, restore_dir
 from edge_runtime.files import (atomic_write_bytes, check_variant_bytes, file_entry,  # noqa: F401
                                 read_variant_file, sha256_bytes, sha256_file,
                                 verify_variant_file)
@@ -97,8 +98,32 @@ def manifest_path(folder_or_file: PathLike) -> Path:
     return p / MANIFEST_NAME if p.is_dir() else p
 
 
+def recover_portfolio(folder_or_file: PathLike) -> None:
+    """A portfolio folder that an interrupted swap left missing is put back from its complete
+    copy (``.portfolio.new`` or ``.portfolio.old``, see ``edge_runtime.dirswap``); where that
+    is not allowed (a read-only folder), ``ManifestError`` says which copy to use."""
+    p = Path(folder_or_file)
+    if p.exists():
+        return
+    folder = p.parent if p.name == MANIFEST_NAME else p
+    try:
+        copy = restore_dir(folder)
+    except OSError as e:
+        copy = complete_copy(folder)
+        raise ManifestError(
+            f"{folder}: missing, but an interrupted update left a complete copy at {copy} "
+            f"that cannot be moved back here ({e.strerror or e}); use {copy} as the portfolio "
+            f"(or rename it to {folder.name} where you may write)") from None
+    if copy is not None:
+        import logging
+        logging.getLogger("edge_runtime").warning(
+            "%s: restored from %s, the complete copy an interrupted update left", folder, copy)
+
+
 def read_manifest_bytes(folder_or_file: PathLike) -> "tuple[Path, bytes]":
-    """The manifest's path and its raw bytes (what a signature covers)."""
+    """The manifest's path and its raw bytes (what a signature covers); a portfolio an
+    interrupted update left aside is put back first (``recover_portfolio``)."""
+    recover_portfolio(folder_or_file)
     if not Path(folder_or_file).exists():
         raise ManifestError(f"{folder_or_file}: no such portfolio folder or manifest file")
     path = manifest_path(folder_or_file)

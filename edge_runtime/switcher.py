@@ -120,8 +120,9 @@ class EdgeSwitcher:
         """Load ``path`` (portfolio folder or its manifest.json), verify every file, preload.
 
         A bad manifest (unknown schema_version, missing key, ...) raises ``ManifestError``
-        naming it. A missing or tampered variant file, or an Edge TPU variant without the
-        delegate, only disables that variant (see ``stats()['variants'][id]['error']``).
+        naming it (an interrupted update's complete copy is put back first). A missing or
+        tampered file, a model whose input/output does not fit the task, or an Edge TPU
+        variant without the delegate, only disables that variant (``stats()``, its error).
         A file that crashes or breaks the interpreter is found in a child process before this
         process loads it, and disabled the same way (``safe_load=False`` skips that check;
         ``probe_cache`` says where verdicts are remembered, see ``edge_runtime.probe``).

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from edge_runtime.iocheck import QUANTIZED_INPUT, io_problems as check_io  # noqa: F401
 from edge_runtime.manifest import (Manifest, VariantFileError, load_manifest, parse_manifest,
                                    read_manifest_bytes, read_variant_file)
 from edge_runtime.probe import ProbeItem, Verdict, open_cache, probe_files
 from edge_runtime.schema import PathLike, Variant
-
-QUANTIZED_INPUT = ("int8",)        # precisions whose model input is integer
 
 
 @dataclass
@@ -35,29 +34,7 @@ class Report:
 def io_problems(v: Variant, task_shape: tuple, num_classes: int,
                 verdict: Verdict) -> List[str]:
     """What is wrong with a variant's input/output as the child process saw them."""
-    out: List[str] = []
-    name = f"variant {v.id!r} ({v.file})"
-    i, o = verdict.input or {}, verdict.output or {}
-    want_in = [1, *task_shape]
-    if i.get("shape") != want_in:
-        out.append(f"{name}: input shape {i.get('shape')}, the manifest's task says {want_in}")
-    if v.precision in QUANTIZED_INPUT:
-        if not (i.get("quantized") and i.get("dtype") in ("int8", "uint8")):
-            out.append(f"{name}: precision {v.precision} means quantised int8/uint8 input, "
-                       f"the model takes {i.get('dtype')}")
-    elif i.get("dtype") != "float32":
-        out.append(f"{name}: input dtype {i.get('dtype')}, expected float32 for a "
-                   f"{v.precision} variant")
-    if o.get("shape") != [1, num_classes]:
-        out.append(f"{name}: output shape {o.get('shape')}, expected [1, {num_classes}] "
-                   "(task.num_classes)")
-    if not (o.get("dtype") == "float32" or (o.get("quantized")
-                                            and o.get("dtype") in ("int8", "uint8"))):
-        out.append(f"{name}: output dtype {o.get('dtype')}, expected float32 or quantised "
-                   "int8/uint8")
-    if o.get("finite") is False:
-        out.append(f"{name}: the output on an all-zero input is not finite (NaN or inf)")
-    return out
+    return check_io(v, task_shape, num_classes, verdict.input, verdict.output)
 
 
 def verify_portfolio(path: PathLike, public_key: Any = None, timeout_s: float = 30.0,

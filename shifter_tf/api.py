@@ -127,7 +127,8 @@ def train_portfolio(model, train_data, validation_data=None, *, out: Union[str, 
                     batch_size: Optional[int] = None, labels: Optional[Sequence[str]] = None,
                     callbacks: Sequence = (), config: Union[Config, str, Path, dict, None] = None,
                     resume: bool = False, progress: bool = True, verbose: Optional[int] = None,
-                    seed: Optional[int] = None) -> Portfolio:
+                    seed: Optional[int] = None, allow_changed_recipe: bool = False
+                    ) -> Portfolio:
     """Train one sparse model per pruning level (IMP with rewinding) into `out`.
 
     `model`: a tf_keras or Keras 3 functional/Sequential model, or a .keras/.h5 path. When it is
@@ -139,6 +140,9 @@ def train_portfolio(model, train_data, validation_data=None, *, out: Union[str, 
     the data set of `config`. `callbacks`: Keras callbacks (tf_keras or Keras 3) passed to
     every level's `fit`.
     Options not named here go in `config` (a Config, a YAML path or a dict of sections).
+    `resume=True` continues a run in `out` at its first unfinished level; a config that trains
+    differently from the run's is refused (ConfigError naming the keys) unless
+    `allow_changed_recipe=True`, which records the change in `out/recipe_changes.json`.
     """
     from shifter_tf.train import lottery
     from shifter_tf.models.compiled import compile_spec, tf_keras_callbacks
@@ -172,7 +176,8 @@ def train_portfolio(model, train_data, validation_data=None, *, out: Union[str, 
     if seed is not None:
         cfg = replace(cfg, seed=seed)
     results = lottery.run_lottery(cfg, out, resume=resume, data=data, progress=progress,
-                                  callbacks=tf_keras_callbacks(callbacks))
+                                  callbacks=tf_keras_callbacks(callbacks),
+                                  allow_changed_recipe=allow_changed_recipe)
     return Portfolio(out, results, lottery.run_data(cfg, out, data))
 
 

@@ -1,6 +1,7 @@
 """`shifter-tf`: the host-side command line. Each subcommand is one phase of the pipeline.
 
     shifter-tf train  --config C --out RUN [--resume]   phase 1: IMP portfolio training
+                      [--allow-changed-recipe]          ... resume with another recipe
                       [--workers N]                     ... as N multi-worker processes here
     shifter-tf prune  RUN                               phase 2: structured pruning of each level
     shifter-tf export RUN [--private-key KEY]           phase 3: TFLite portfolio + manifest
@@ -36,6 +37,9 @@ def _config(args):
                               "`shifter-tf train` on every worker, then `prune` and `export` "
                               "on the chief")
         check_tf_config()
+    if getattr(args, "resume", False):   # a changed recipe is refused before TensorFlow loads
+        from shifter_tf.train.resume import check_resume
+        check_resume(cfg, Path(args.out), args.allow_changed_recipe)
     return cfg
 
 
@@ -77,7 +81,8 @@ def cmd_train(args) -> int:
     cfg = _config(args)
     data = _prepare(cfg)
     from shifter_tf.train import lottery
-    results = lottery.run_lottery(cfg, args.out, resume=args.resume, data=data)
+    results = lottery.run_lottery(cfg, args.out, resume=args.resume, data=data,
+                                  allow_changed_recipe=args.allow_changed_recipe)
     print(lottery.level_table(results))
     return 0
 
@@ -128,7 +133,8 @@ def cmd_run(args) -> int:
     cfg = _config(args)
     data = _prepare(cfg)
     from shifter_tf import pipeline
-    print(pipeline.run_all(cfg, Path(args.out), resume=args.resume, data=data))
+    print(pipeline.run_all(cfg, Path(args.out), resume=args.resume, data=data,
+                           allow_changed_recipe=args.allow_changed_recipe))
     return 0
 
 
@@ -191,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "run"):
             s.add_argument("--resume", action="store_true",
                            help="continue a killed run at its first unfinished level")
+            s.add_argument("--allow-changed-recipe", action="store_true",
+                           help="with --resume: accept a config that trains differently from "
+                                "the run's (seed, data, model, train, lottery keys); recorded "
+                                "in OUT/recipe_changes.json")
         if name == "train":
             s.add_argument("--workers", type=int, metavar="N",
                            help="try multi-worker training on this machine: run N workers on "
@@ -263,7 +273,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         if lost is not None:    # os._exit: TF would wait for the dead peer at shutdown
             abandon(f"shifter-tf {args.command}: error: {lost}", 1)
         if not _user_error(e):
-            raise
+            from shifter_tf.util.io import storage_error
+            e = storage_error(e)          # a write refused outside the atomic writers
+            if e is None:
+                raise
         print(f"shifter-tf {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -44,6 +44,17 @@ class PaiError(RuntimeError):
     """Pruning at initialisation that cannot be done; says which model/layer and why."""
 
 
+class StorageError(RuntimeError):
+    """A write the file system refused (full, over quota, read-only, no permission): names the
+    folder, what was being written and, when known, the bytes needed against the bytes free.
+    Writes are atomic, so the previous copy of what was being replaced is still complete;
+    `oserror` is the refusal itself (its `errno`)."""
+
+    def __init__(self, message: str, oserror: "OSError | None" = None):
+        super().__init__(message)
+        self.oserror = oserror
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, ClusterError, DataError, ModelError, CompileError, TrainingError, SurgeryError,
-    ExportError, ManifestError, PaiError, FileNotFoundError, FileExistsError)
+    ExportError, ManifestError, PaiError, StorageError, FileNotFoundError, FileExistsError)

@@ -11,14 +11,17 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 import shifter_tf  # noqa: F401
 import tf_keras as keras
 from tqdm.auto import tqdm
 
-from shifter_tf.train import lottery
+from shifter_tf.train import lottery, sanity
 from shifter_tf.config.schema import Config, load_config
 from shifter_tf.data.sets import Dataset
 from shifter_tf.data.loaders import load_dataset
+from shifter_tf.errors import ExportError
 from shifter_tf.train.finetune import finetune_run, finetuned_dir, finetuned_levels
 from shifter_tf.util.io import atomic_dir, atomic_write_json
 from shifter_tf.models import import_custom_objects
@@ -72,7 +75,8 @@ def prune_run(run: Path, force: Optional[bool] = None, data: Optional[Dataset] =
                 from shifter_tf.models.keras3 import save_keras3
                 save_keras3(pruned, tmp / KERAS3_FILE, sample[:64])
             (tmp / "report.json").write_text(json.dumps(rep, indent=2, default=str))
-        atomic_dir(pruned_dir(run, level), fill)
+        atomic_dir(pruned_dir(run, level), fill,
+                   what=f"the pruned model of level {level} (model.keras, report.json)")
         ver = rep.get("verification") or {}
         summary.append({"level": level, "density": density[level], **{
             k: rep[k] for k in ("params_before", "params_after", "macs_before", "macs_after",
@@ -85,38 +89,76 @@ def prune_run(run: Path, force: Optional[bool] = None, data: Optional[Dataset] =
     return "\n".join(rows)
 
 
-def below_floor(results: list, drop: Optional[float]) -> dict[int, float]:
-    """Levels more than `drop` (`portfolio.max_accuracy_drop`) below dense test accuracy:
-    {level: acc}. They stay in the run (levels/, pruned/) and the report lists them, but the
-    portfolio never offers the device a model that has collapsed.
+def below_floor(results: list, drop: Optional[float],
+                chance: Optional[float] = None) -> dict[int, float]:
+    """Levels more than `drop` (`portfolio.max_accuracy_drop`) below dense test accuracy, and
+    levels at or below `chance` (the highest accuracy still within noise of chance,
+    `shifter_tf.train.sanity`): {level: acc}. They stay in the run (levels/, pruned/) and the
+    report lists them, but the portfolio never offers the device a model that has collapsed.
+    `drop` None switches the floor off: every level is deployed, even one at chance.
     """
     dense = next((r.test_accuracy for r in results if r.level == 0), None)
     if drop is None or dense is None:
         return {}
-    return {r.level: r.test_accuracy for r in results
-            if r.level > 0 and r.test_accuracy < dense - drop - 1e-9}
+    chance = -1.0 if chance is None else chance
+    return {r.level: r.test_accuracy for r in results if r.level > 0 and (
+        r.test_accuracy < dense - drop - 1e-9 or r.test_accuracy <= chance)}
 
 
-def candidates(run: Path, cfg: Config) -> list[Candidate]:
+def _chance_floor(run: Path, cfg: Config, levels: list, data) -> Optional[float]:
+    """The highest accuracy within noise of chance on `data`; ExportError when level 0 is
+    there (or below `portfolio.min_dense_accuracy`): nothing of such a run is deployed."""
+    if data is None:
+        return None
+    dense = next((r for r in levels if r.level == 0), None)
+    problem = dense and sanity.dense_problem(cfg, data, dense.test_accuracy)
+    if problem:
+        raise ExportError(f"{run}: {problem}; nothing was exported (a previous portfolio, if "
+                          "any, is unchanged)")
+    return sanity.chance_ceiling(*sanity.chance(data))
+
+
+def _counts(run: Path, level: int) -> tuple[Optional[int], Optional[int]]:
+    """(prunable weights, non-zero ones) of a finished level, from its masks (no model load):
+    what `expected_bytes` needs to check the free space before converting."""
+    path = lottery.level_dir(run, level) / "masks.npz"
+    if not path.exists():
+        return None, None
+    with np.load(path) as z:
+        return (int(sum(z[k].size for k in z.files)),
+                int(sum(np.count_nonzero(z[k]) for k in z.files)))
+
+
+def _params_after(folder: Path) -> Optional[int]:
+    path = folder / "report.json"
+    return json.loads(path.read_text()).get("params_after") if path.exists() else None
+
+
+def candidates(run: Path, cfg: Config, data=None) -> list[Candidate]:
     """What goes into the portfolio: dense (level 0), each sparse level, each pruned level.
 
     Sparse variants are exported in fp32 only: they are the reference the pruned twins are
     compared against (TFLite gains nothing from unstructured zeros), not deployment targets.
+    With the run's `data`, a level within noise of chance is never a candidate.
     """
     kinds, precisions = cfg.export.kinds, cfg.export.precisions
     out = []
     levels = lottery.load_results(run)
-    below = below_floor(levels, cfg.portfolio.max_accuracy_drop)
+    below = below_floor(levels, cfg.portfolio.max_accuracy_drop,
+                        _chance_floor(run, cfg, levels, data))
     results = {r.level: r for r in levels if r.level not in below}
+    dense_params = _counts(run, 0)[0]
     if "dense" in kinds and 0 in results:
         out.append(Candidate("dense", 0, 1.0, lambda: lottery.load_level_model(run, 0),
-                             precisions))
+                             precisions, params=dense_params))
     for level, r in sorted(results.items()):
         if level == 0:
             continue
+        nonzero = _counts(run, level)[1]
         if "sparse" in kinds:
             out.append(Candidate("sparse", level, r.density,
-                                 lambda l=level: lottery.load_level_model(run, l), ["fp32"]))
+                                 lambda l=level: lottery.load_level_model(run, l), ["fp32"],
+                                 params=dense_params))
         if "pruned" in kinds:
             path = pruned_dir(run, level) / "model.keras"
             if not path.exists():
@@ -126,14 +168,16 @@ def candidates(run: Path, cfg: Config) -> list[Candidate]:
                                  lambda p=path: keras.models.load_model(p, compile=False,
                                                                         safe_mode=False),
                                  precisions, parent_kind="sparse",
-                                 sparse_encoding=cfg.export.sparse_encoding))
+                                 sparse_encoding=cfg.export.sparse_encoding,
+                                 params=_params_after(pruned_dir(run, level)), nonzero=nonzero))
         if cfg.surgery.finetune_epochs and level in finetuned_levels(run):
             path = finetuned_dir(run, level) / "model.keras"
             out.append(Candidate("finetuned", level, r.density,
                                  lambda p=path: keras.models.load_model(p, compile=False,
                                                                         safe_mode=False),
                                  precisions, parent_kind="pruned",
-                                 sparse_encoding=cfg.export.sparse_encoding))
+                                 sparse_encoding=cfg.export.sparse_encoding,
+                                 params=_params_after(pruned_dir(run, level)), nonzero=nonzero))
     return out
 
 
@@ -145,8 +189,9 @@ def export_run(run: Path, data: Optional[Dataset] = None, progress: bool = True,
     cfg = run_config(run, overrides)
     data = lottery.run_data(cfg, run, data)
     ex = cfg.export
-    manifest = build_portfolio(Path(run) / "portfolio", candidates(run, cfg), data, cfg.name,
-                               threads=ex.threads, runs=ex.latency_runs, warmup=ex.latency_warmup,
+    cands = candidates(run, cfg, data)
+    manifest = build_portfolio(Path(run) / "portfolio", cands, data, cfg.name, threads=ex.threads,
+                               runs=ex.latency_runs, warmup=ex.latency_warmup,
                                representative=ex.representative_samples,
                                eval_limit=ex.eval_limit, progress=progress,
                                metadata=ex.metadata, android=ex.android,
@@ -155,14 +200,15 @@ def export_run(run: Path, data: Optional[Dataset] = None, progress: bool = True,
 
 
 def run_all(cfg: Config, out: Path, resume: bool = False,
-            data: Optional[Dataset] = None) -> str:
+            data: Optional[Dataset] = None, allow_changed_recipe: bool = False) -> str:
     """Phases 1-3 and the report; returns the table of pruned variants."""
     from shifter_tf.export import report
 
     timings = {}
     t = time.perf_counter()
     data = data or load_dataset(cfg.data, cfg.seed)
-    lottery.run_lottery(cfg, out, resume=resume, data=data)
+    lottery.run_lottery(cfg, out, resume=resume, data=data,
+                        allow_changed_recipe=allow_changed_recipe)
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
     prune_run(out, data=data)

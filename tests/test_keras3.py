@@ -172,7 +172,7 @@ def test_keras3_model_through_cli_train_prune_export(tmp_path):
            "surgery": {"keras3": True, "sample_size": 64},
            "export": {"precisions": ["fp32"], "latency_runs": 2, "threads": [1],
                       "eval_limit": 100, "representative_samples": 16},
-           "portfolio": {"max_accuracy_drop": None}}
+           "portfolio": {"max_accuracy_drop": None, "stop_at_chance": False}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     _cli("train", "--config", "cfg.yaml", "--out", "run", cwd=tmp_path)
     _cli("prune", "run", cwd=tmp_path)

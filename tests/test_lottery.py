@@ -122,7 +122,8 @@ def test_diverging_level_raises_and_keeps_earlier(tmp_path, mnist_tiny):
     lottery.run_lottery(cfg, tmp_path, data=mnist_tiny, progress=False, stop_after=0)
     bad = tiny_config(lottery={"levels": 1}, train={"lr": 1e30, "warmup_epochs": 0})
     with pytest.raises(TrainingError, match=r"level 1.*(loss became|non-finite)"):
-        lottery.run_lottery(bad, tmp_path, data=mnist_tiny, progress=False, resume=True)
+        lottery.run_lottery(bad, tmp_path, data=mnist_tiny, progress=False, resume=True,
+                            allow_changed_recipe=True)
     assert lottery.finished_levels(tmp_path) == [0]
 
 

@@ -101,13 +101,34 @@ def reference(tflite_bytes, raw):
     return np.concatenate(ys)
 
 
+def make_odd(out: Path) -> None:
+    """fixtures/odd/five-class.tflite: a valid model of the same input but 5 classes, for the
+    test that a variant which does not fit the manifest's task is never served."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.layers.Input((28, 28, 1)), keras.layers.Conv2D(2, 3),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5),
+                              keras.layers.Softmax()])
+    (out / "odd").mkdir(parents=True, exist_ok=True)
+    data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    (out / "odd" / "five-class.tflite").write_bytes(data)
+    print(f"odd/five-class.tflite {len(data):7d} bytes")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "tests/edge/fixtures"))
+    ap.add_argument("--odd-only", action="store_true",
+                    help="only (re)make fixtures/odd/ (models that do not fit the task)")
     args = ap.parse_args(argv)
     import tensorflow as tf
 
     out = Path(args.out)
+    make_odd(out)
+    if args.odd_only:
+        return 0
     port, ref = out / "portfolio", out / "reference"
     for d in (port, ref):
         if d.exists():

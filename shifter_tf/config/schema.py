@@ -133,9 +133,15 @@ class ExportConfig:
 @dataclass
 class PortfolioConfig:
     """What is deployed into RUN/portfolio/ (every level stays in the run either way)."""
-    # A level whose test accuracy is more than this below dense is kept in the run and listed
-    # in the report as not deployed; null deploys every level.
+    # A level whose test accuracy is more than this below dense, or within noise of chance, is
+    # kept in the run and listed in the report as not deployed; null deploys every level.
     max_accuracy_drop: Optional[float] = 0.01
+    # Level 0 (dense) below this test accuracy stops the run (training) and the export; a dense
+    # model within noise of chance always does (shifter_tf.train.sanity), and no level whose
+    # accuracy is within noise of chance is deployed.
+    min_dense_accuracy: Optional[float] = None
+    # false: a smoke run on too little data carries on with a dense level at chance (tests).
+    stop_at_chance: bool = True
 
 
 @dataclass
@@ -292,6 +298,10 @@ def _validate(cfg: Config, source: str) -> None:
     if drop is not None and not 0.0 <= drop <= 1.0:
         bad("portfolio.max_accuracy_drop", f"must be in [0, 1] (a fraction: 0.01 = 1 point), "
                                            f"got {drop}")
+    floor = cfg.portfolio.min_dense_accuracy
+    if floor is not None and not 0.0 <= floor <= 1.0:
+        bad("portfolio.min_dense_accuracy", f"must be in [0, 1] (a fraction: 0.9 = 90 %), "
+                                            f"got {floor}")
     if lt.gamma_l1 < 0:
         bad("lottery.gamma_l1", f"must be >= 0, got {lt.gamma_l1}")
     if lt.target_density is not None:

@@ -195,6 +195,41 @@ def check_labels(data: "Dataset") -> None:
             i = int(np.flatnonzero(bad)[0])
             raise DataError(f"{data.name}: y_{split} holds {int(bad.sum())} label(s) outside "
                             f"[0, {k}) ({k} class names), first {y[i]} in example {i}")
+    present = np.unique(np.asarray(data.y_train).reshape(-1))
+    if k < 2 or len(present) < 2:
+        what = (f"{k} class name(s)" if k < 2 else
+                f"y_train holds only class {data.labels[int(present[0])]!r}")
+        raise DataError(f"{data.name}: {what}; a classifier needs examples of at least two "
+                        "classes")
+
+
+def min_per_class(fractions: list[float]) -> int:
+    """The fewest examples a class needs for `stratified_split(y, fractions)` to put at least
+    one in every split (each fraction > 0, and the rest)."""
+    for n in range(1, 10_000):
+        cuts = [int(round(f * n)) for f in fractions]
+        if all(c >= 1 for c, f in zip(cuts, fractions) if f > 0) and n - sum(cuts) >= 1:
+            return n
+    return 10_000
+
+
+def check_classes(what: str, y: np.ndarray, labels: list[str], fractions: list[float],
+                  keys: list[str]) -> None:
+    """Before splitting: at least two classes, and every class with enough examples for one in
+    each split (`keys` name the fractions' config keys for the message)."""
+    if len(labels) < 2:
+        found = f"only class {labels[0]!r}" if labels else "no class"
+        raise DataError(f"{what}: {found}; a classifier needs at least two classes (one "
+                        "sub-folder of images per class)")
+    need = min_per_class(fractions)
+    counts = np.bincount(np.asarray(y, np.int64), minlength=len(labels))
+    few = [(labels[i], int(c)) for i, c in enumerate(counts) if c < need]
+    if few:
+        splits = ", ".join(f"{k} {f}" for k, f in zip(keys, fractions))
+        names = ", ".join(f"{n!r} has {c}" for n, c in few[:5])
+        raise DataError(f"{what}: class {names} example(s); with {splits} every class needs at "
+                        f"least {need} so each split gets one: add examples of "
+                        f"{'it' if len(few) == 1 else 'them'}")
 
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")   # what Keras' folder loader reads
@@ -263,6 +298,9 @@ def _from_arrays(name, cfg: DataConfig, x, y, labels, seed, x_test=None, y_test=
     y = np.asarray(y).reshape(-1).astype(np.int64)
     if x.ndim == 3:
         x = x[..., None]
+    fractions = [cfg.val_fraction] + ([cfg.test_fraction] if x_test is None else [])
+    check_classes(name, y, labels, fractions,
+                  ["data.val_fraction", "data.test_fraction"][:len(fractions)])
     if x_test is None:
         val_idx, test_idx, train_idx = stratified_split(
             y, [cfg.val_fraction, cfg.test_fraction], seed)

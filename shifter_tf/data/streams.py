@@ -18,8 +18,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 import shifter_tf  # noqa: F401
-from shifter_tf.data.sets import (IMAGE_SUFFIXES, Normalization, augmenter, check_image_tree,
-                                  stratified_split, stream_errors)
+from shifter_tf.data.sets import (IMAGE_SUFFIXES, Normalization, augmenter, check_classes,
+                                  check_image_tree, stratified_split, stream_errors)
 from shifter_tf.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -218,6 +218,8 @@ def image_folder(root: str | Path, image_size=(32, 32), val_fraction: float = 0.
     computes per-channel statistics of the training split in one streaming pass.
     """
     paths, y, classes = list_images(root)
+    check_classes(str(root), y, classes, [val_fraction, test_fraction],
+                  ["data.val_fraction", "data.test_fraction"])
     val_idx, test_idx, train_idx = stratified_split(y, [val_fraction, test_fraction], seed)
     if limit_train and limit_train < len(train_idx):
         (keep,) = stratified_split(y[train_idx], [limit_train / len(train_idx)], seed)[:1]

@@ -21,7 +21,7 @@ from shifter_tf.export import android as droid
 from shifter_tf.export.convert import ConverterPool, convert, default_workers
 from shifter_tf.export.evaluate import measure
 from shifter_tf.export.metadata import add_metadata
-from shifter_tf.util.io import atomic_dir
+from shifter_tf.util.io import atomic_dir, check_space
 from shifter_tf.util.tables import markdown_table
 from shifter_tf.surgery import count_params_and_macs
 
@@ -48,6 +48,25 @@ class Candidate:
     parent_kind: Optional[str] = None   # the variant (same level, same precision) it came from
     extra: Optional[dict] = None
     sparse_encoding: bool = False       # converter's EXPERIMENTAL_SPARSITY for leftover zeros
+    params: Optional[int] = None        # weights the file stores (None: unknown before loading)
+    nonzero: Optional[int] = None       # ... of which non-zero (what a sparse-encoded file keeps)
+
+
+#: Bytes per stored weight at each precision, at least (int8_dynamic keeps small tensors fp32).
+WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8_dynamic": 1, "int8": 1}
+
+
+def expected_bytes(candidates: Sequence[Candidate]) -> int:
+    """A lower bound of the portfolio's size before anything is converted: every stored weight
+    at its precision's width (TFLite keeps unstructured zeros; a sparse-encoded file only the
+    non-zero ones). Candidates whose counts are unknown add nothing."""
+    total = 0
+    for c in candidates:
+        for precision in c.precisions:
+            encoded = c.sparse_encoding and precision in SPARSE_ENCODABLE
+            n = c.nonzero if encoded else c.params
+            total += int(n or 0) * WEIGHT_BYTES.get(precision, 1)
+    return total
 
 
 def variant_id(kind: str, level: int, precision: str) -> str:
@@ -102,6 +121,10 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
     manifest: dict = {}
     task: dict = {}
     generator = f"shifter-tf {shifter_tf.__version__}"
+    what = f"the portfolio ({total} variant files and manifest.json)"
+    needed = expected_bytes(candidates)
+    check_space(Path(out), needed, what)   # before minutes of converting
+    writing = [what]
 
     def fill(tmp: Path) -> None:
         (tmp / "variants").mkdir()
@@ -140,7 +163,9 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
                     blob = add_metadata(blob, task, {
                         "id": vid, "kind": c.kind, "level": c.level, "density": c.density,
                         "precision": precision}, generator)
-                (tmp / f"variants/{vid}.tflite").write_bytes(blob)
+                rel = f"variants/{vid}.tflite"
+                writing[0] = f"{what}, at {rel}"
+                (tmp / rel).write_bytes(blob)
                 bar.update(1)
         bar.close()
         bar = tqdm(total=total, desc="measure", unit="variant", disable=not progress)
@@ -166,9 +191,10 @@ def build_portfolio(out: Path, candidates: Sequence[Candidate], data: Dataset, n
                 e["parent"] = None
         manifest.update(new_manifest(task or task_entry(data, name), entries,
                                      generator=generator))
+        writing[0] = f"{what}, at manifest.json"
         write_manifest(tmp, manifest)
 
-    atomic_dir(out, fill)
+    atomic_dir(out, fill, what=lambda: writing[0], needed=needed or None)
     load_manifest(out)   # read back through the device's own validator
     return manifest
 

@@ -104,7 +104,7 @@ def write_report(run: Path) -> Path:
                                 "PROBLEMS:\n" + "\n".join(f"- {p}" for p in problems)), "",
              "## Levels (training)", "",
              lottery.level_table(lottery.load_results(run)), "",
-             *_floor_lines(run, manifest),
+             *_floor_lines(run, manifest), *_recipe_lines(run),
              "## Variants (measured on the TFLite interpreter)", "", variant_table(manifest), "",
              "## Smallest pruned variant against its sparse twin", ""]
     lines += _twin_lines(manifest)
@@ -132,8 +132,18 @@ def _floor_lines(run: Path, manifest: dict) -> list[str]:
     return ["**Not deployed**: " + ", ".join(
         f"level {r.level} (test accuracy {r.test_accuracy:.4f}, density {r.density:.4f})"
         for r in out) + f". Dense is {dense:.4f}; a level more than "
-        "`portfolio.max_accuracy_drop` below it stays in `levels/` and `pruned/` but is not "
-        "offered to the device.", ""]
+        "`portfolio.max_accuracy_drop` below it, or within noise of chance, stays in `levels/` "
+        "and `pruned/` but is not offered to the device.", ""]
+
+
+def _recipe_lines(run: Path) -> list[str]:
+    """Recipe changes accepted on resume (`--allow-changed-recipe`), if any."""
+    from shifter_tf.train.resume import load_changes
+
+    return [f"**Recipe changed on resume** ({c['time']}, {c['allowed_by']}): from level "
+            f"{c['from_level']} " + ", ".join(f"`{k}` {v['was']!r} -> {v['now']!r}"
+                                             for k, v in c["changes"].items()) + "."
+            for c in load_changes(run)] + ([""] if load_changes(run) else [])
 
 
 def smallest_pruned_vs_sparse(manifest: dict):

@@ -34,11 +34,17 @@ def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
         if not force:
             raise FileExistsError(f"{path} exists; pass --force to replace it")
         path.unlink()
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    from shifter_tf.util.io import storage_errors
+    with storage_errors(path.parent, path.name):
+        fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)    # no half-written key
+            raise
 
 
 def generate_keypair(path: PathLike, force: bool = False) -> Tuple[Path, Path, str]:

@@ -33,7 +33,9 @@ from shifter_tf.train import magnitude
 from shifter_tf.train import structure
 from shifter_tf.train import wrappers
 from shifter_tf.train import engine
-from shifter_tf.config.schema import Config, load_config, save_config
+from shifter_tf.config.schema import Config, save_config
+from shifter_tf.train.resume import check_resume as resume_check, record_changes
+from shifter_tf.train.sanity import check_dense
 from shifter_tf.errors import ConfigError
 from shifter_tf.data.sets import Dataset, Normalization, model_normalizes
 from shifter_tf.data.loaders import load_dataset
@@ -305,33 +307,23 @@ def _save_level(run: Path, model: keras.Model, masks: magnitude.Masks, result: L
         model.save(tmp / "model.keras")
         magnitude.save_masks(tmp / "masks.npz", masks)
         (tmp / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
-    atomic_dir(level_dir(run, result.level), fill)
+    atomic_dir(level_dir(run, result.level), fill,
+               what=f"level {result.level} (model.keras, masks.npz, metrics.json)")
 
 
 # ---------------------------------------------------------------- the run
-def _check_resume(cfg: Config, run: Path) -> None:
-    saved = run / "config.yaml"
-    if not saved.exists():
-        return
-    old = load_config(saved).to_dict()
-    new = cfg.to_dict()
-    for section in ("seed", "data", "model", "lottery"):
-        if old[section] != new[section]:
-            diff = section if not isinstance(new[section], dict) else next(
-                f"{section}.{k}" for k in new[section] if old[section].get(k) != new[section][k])
-            raise ConfigError(f"{saved}: {diff}: differs from the config of the run being "
-                              "resumed; use a new --out folder")
-
-
 def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
                 data: Optional[Dataset] = None, progress: bool = True,
                 stop_after: Optional[int] = None,
                 on_level: Optional[Callable[[LevelResult], None]] = None,
-                callbacks: Sequence = ()) -> list[LevelResult]:
+                callbacks: Sequence = (), allow_changed_recipe: bool = False
+                ) -> list[LevelResult]:
     """Train levels 0..cfg.lottery.levels into `run`, resuming after the last finished level.
 
     `stop_after` ends the run after that level (used to emulate an interruption in tests);
-    `callbacks` (tf_keras) are passed to every level's fit.
+    `callbacks` (tf_keras) are passed to every level's fit. Resuming with a config that trains
+    differently is refused unless `allow_changed_recipe` (then recorded; `train.resume`).
+    A level 0 that did not learn stops the run before it is saved (`train.sanity`).
     """
     strategy = engine.make_strategy(cfg.train.strategy, cfg.train.peer_timeout)
     run = cluster.local_run(run, strategy, cfg.to_dict())   # not the chief: a temporary copy
@@ -339,8 +331,7 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
     if done and not resume:
         raise FileExistsError(f"{run}: holds finished levels {done}; pass --resume to continue "
                               "or choose another --out")
-    if resume:
-        _check_resume(cfg, run)
+    changes = resume_check(cfg, run, allow_changed_recipe) if resume else {}
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
     if cfg.deterministic:
@@ -356,6 +347,7 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
         prev_masks = magnitude.load_masks(level_dir(run, last) / "masks.npz")
         rewind = load_weights(run / "rewind.npz")
     first = (done[-1] + 1) if done else 0
+    record_changes(run, changes, first, cfg.lottery.levels)
     bar = tqdm(range(first, cfg.lottery.levels + 1), desc="IMP levels", unit="level",
                initial=first, total=cfg.lottery.levels + 1, disable=not progress)
     for level in bar:
@@ -363,6 +355,7 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
                                                    prev_masks, strategy, callbacks)
         cluster.check_identical(strategy, f"level {level}", masks=masks, threshold=result.threshold)
         if level == 0:
+            check_dense(cfg, data, result.test_accuracy, run)
             save_weights(run / "rewind.npz", rewind)
         _save_level(run, model, masks, result)
         results.append(result)
