@@ -1,0 +1,436 @@
+"""Group-level structure step (`lottery.structure: groups`): kill whole channel groups.
+
+A *channel group* is what the rewriter's `DependencyGraph` says must be removed together: every
+producer filter whose output lands on one channel index (residual `Add` chains across a stage,
+`Concatenate` offsets, element-wise gates), every depthwise channel and BatchNormalization channel
+that carries it, and every kernel slice that reads it (through pooling, Flatten -> Dense rows...).
+The plain filter step (`train.structure`) can only kill a filter whose channel reaches nothing but
+channel-wise layers, so on residual, inverted-residual and concatenating networks it has almost
+nothing to remove; this step ranks and kills groups instead.
+
+Before each IMP level's global magnitude allocation:
+
+1. **Score** each surviving eligible group: the mean of its members' layer-relative scores
+   (DepGraph's group importance, Fang et al. CVPR 2023, with a mean reduction): |γ| of every BN
+   channel in the group (network slimming), the L2 norm of a producer filter or depthwise channel
+   that no BN follows directly, the L2 norm of every consumer's input slice. Each layer's scores
+   are divided by that layer's mean over surviving channels, so layers are comparable.
+2. **Weigh by cost**: the importance is divided by (MACs the group frees / mean over groups) **
+   `group_cost`, so the budget goes where the time is (0 = importance only).
+3. **Kill** the `filter_fraction` of surviving eligible groups with the lowest weighted score,
+   skipping a group whenever it would take a layer below its minimum width
+   (max(`min_channels`, ceil(`min_width` x original width)), never more than the layer had).
+4. **Hold at zero**: the producers' filters and the readers' input slices are cleared in the
+   masks tfmot holds (`allowed`), and during training a callback (one traced function per batch)
+   keeps at zero what tfmot does not mask: producer biases, depthwise channels (tfmot 0.8 gives
+   DepthwiseConv2D no mask), the γ/β of every BN channel in the group and kernel slices of
+   layers left out of pruning. A killed group's channel is exactly zero everywhere, so the
+   rewriter removes the whole group losslessly.
+
+A group is eligible when it is not frozen in the graph (model input/output, layers the rewriter
+keeps), has at least one Conv/Dense producer, and all its producers are plain Conv1D/2D/3D or
+Dense (groups = 1) that are pruned, or DepthwiseConv; shared layers are left alone.
+
+A group counts as dead (and is held) when every Conv/Dense filter that makes it is fully masked:
+depthwise convolutions only pass their input channel on, so they neither keep a group alive nor
+need to be checked. Killed groups therefore survive resume and later levels through the masks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import numpy as np
+
+import shifter_tf  # noqa: F401
+import tensorflow as tf
+import tf_keras as keras
+
+from shifter_tf.graph import layer_kinds as K
+from shifter_tf.graph.deps import DependencyGraph, model_graph
+from shifter_tf.models import iter_layers
+
+L = keras.layers
+KERNEL_PRODUCERS = (L.Conv1D, L.Conv2D, L.Conv3D, L.Dense)   # exact types, kernel [..., in, out]
+DEPTHWISE = tuple(c for c in (getattr(L, "DepthwiseConv1D", None), L.DepthwiseConv2D) if c)
+
+
+def dependency_graph(model: keras.Model) -> DependencyGraph:
+    """The rewriter's channel dependency graph of `model`, BatchNormalization not folded (so BN
+    layers are members of the groups they scale)."""
+    return model_graph(model)
+
+
+def _prod(dims) -> int:
+    return int(np.prod([d for d in dims if d is not None], dtype=np.int64))
+
+
+@dataclass
+class GroupIndex:
+    """Which weights of which layer belong to which channel group, and what a group costs.
+
+    Every map is layer name -> group id per position: `filters` per output channel of a
+    Conv/Dense kernel (last axis), `inputs` per input channel of the same kernels (axis -2,
+    Flatten -> Dense rows included), `depthwise` per input channel of a depthwise kernel
+    (axis -2; its output channel c*m+j belongs to input channel c's group), `bns` per channel.
+    """
+    graph: DependencyGraph
+    filters: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    depthwise: dict = field(default_factory=dict)
+    bns: dict = field(default_factory=dict)
+    scaled: set = field(default_factory=set)        # producers whose output only a BN reads
+    eligible: np.ndarray = None                      # (groups,) bool
+    mult: dict = field(default_factory=dict)         # depthwise multiplier per layer
+    cost_out: dict = field(default_factory=dict)     # MACs per output channel per input channel
+    cost_in: dict = field(default_factory=dict)      # MACs per input channel per output channel
+    cost_dw: dict = field(default_factory=dict)      # MACs per depthwise input channel
+
+    @property
+    def n_groups(self) -> int:
+        return self.graph.n_groups
+
+    def widths(self) -> dict:
+        """Layer name -> group id per output channel, for every producer and depthwise layer."""
+        out = dict(self.filters)
+        for n, g in self.depthwise.items():
+            out[n] = np.repeat(g, self.mult[n])
+        return out
+
+    def members(self, group: int) -> dict:
+        """{role: {layer: positions}} of one group (for inspection and tests)."""
+        out = {}
+        for role in ("filters", "inputs", "depthwise", "bns"):
+            got = {n: np.flatnonzero(g == group) for n, g in getattr(self, role).items()}
+            out[role] = {n: p for n, p in got.items() if len(p)}
+        return out
+
+    def params(self, model: keras.Model, group: int) -> int:
+        """Parameters of `model` that belong to `group` (each weight once)."""
+        layers = {l.name: l for l in iter_layers(model)}
+        m = self.members(group)
+        total = 0
+        for n, pos in m["filters"].items():
+            layer = layers[n]
+            kernel = layer.kernel.shape
+            total += len(pos) * _prod(kernel[:-1])
+            total += len(pos) if getattr(layer, "bias", None) is not None else 0
+        for n, pos in m["inputs"].items():
+            kernel = layers[n].kernel.shape
+            cols = kernel[-1] - len(m["filters"].get(n, ()))
+            total += len(pos) * _prod(kernel[:-2]) * cols
+        for n, pos in m["depthwise"].items():
+            layer = layers[n]
+            k = layer.depthwise_kernel.shape
+            per = _prod(k[:-2]) * k[-1] + (k[-1] if getattr(layer, "bias", None) is not None else 0)
+            total += len(pos) * per
+        for n, pos in m["bns"].items():
+            total += len(pos) * len(layers[n].weights)
+        return total
+
+
+def build_index(model: keras.Model, exclude: Iterable[str] = ()) -> GroupIndex:
+    """The group index of `model`; producers named in `exclude` make their groups ineligible."""
+    graph = dependency_graph(model)
+    ir, kinds, tg = graph.ir, graph.kinds, graph.tensor_groups
+    excluded = set(exclude)
+    bad = graph.frozen.copy()
+    made = np.zeros(graph.n_groups, bool)
+    idx = GroupIndex(graph)
+
+    def spoil(*ids):
+        for g in ids:
+            if g is not None:
+                bad[g] = True
+
+    for call in ir.calls:
+        kind = kinds[call.index].kind
+        if kind not in (K.PRODUCER, K.DEPTHWISE, K.CHANNELWISE) or not call.inputs:
+            continue
+        layer, name = call.layer, call.layer.name
+        gin = tg[call.inputs[0]]
+        gout = tg[call.outputs[0]] if call.outputs else None
+        if len(ir.calls_of(layer)) > 1:
+            if kind != K.CHANNELWISE or layer.weights:
+                spoil(gin, gout)
+            continue
+        t_in, t_out = ir.tensors[call.inputs[0]], ir.tensors[call.outputs[0]]
+        positions = _prod(t_out.shape[1:-1])
+        if kind == K.PRODUCER:
+            ok = (type(layer) in KERNEL_PRODUCERS and getattr(layer, "groups", 1) == 1
+                  and gin is not None and gout is not None
+                  and len(gin) == layer.kernel.shape[-2] and len(gout) == layer.kernel.shape[-1])
+            if not ok:
+                spoil(gin, gout)
+                continue
+            idx.filters[name], idx.inputs[name] = gout, gin
+            ks = _prod(layer.kernel.shape[:-2])
+            idx.cost_out[name] = idx.cost_in[name] = positions * ks
+            made[gout] = True
+            if name in excluded:
+                spoil(gout)
+        elif kind == K.DEPTHWISE:
+            if type(layer) not in DEPTHWISE or gin is None:
+                spoil(gin, gout)
+                continue
+            idx.depthwise[name] = gin
+            idx.mult[name] = int(layer.depth_multiplier)
+            idx.cost_dw[name] = positions * _prod(layer.kernel_size) * int(layer.depth_multiplier)
+        elif type(layer) is L.BatchNormalization and gin is not None:
+            idx.bns[name] = gin
+            if len(t_in.consumers) == 1:
+                before = ir.calls[t_in.producer]
+                if kinds[before.index].kind in (K.PRODUCER, K.DEPTHWISE):
+                    idx.scaled.add(before.layer.name)
+    idx.eligible = ~bad & made
+    return idx
+
+
+# ---------------------------------------------------------------- state of a model's groups
+def _layers(model) -> dict:
+    return {l.name: l for l in iter_layers(model)}
+
+
+def dead_groups(idx: GroupIndex, masks: dict, weights: Optional[dict] = None) -> np.ndarray:
+    """(groups,) bool: eligible groups none of whose Conv/Dense filters survives.
+
+    A filter survives when its mask column (`masks`, the wrapped layers) has a weight left, or,
+    for a layer without a mask, when its kernel column in `weights` (name -> kernel) is non-zero.
+    """
+    alive = np.zeros(idx.n_groups, bool)
+    for n, g in idx.filters.items():
+        if n in masks:
+            col = masks[n].reshape(-1, masks[n].shape[-1]).any(axis=0)
+        elif weights is not None and n in weights:
+            col = np.asarray(weights[n]).reshape(-1, len(g)).any(axis=0)
+        else:
+            col = np.ones(len(g), bool)
+        alive[g[col]] = True
+    return idx.eligible & ~alive
+
+
+def clear_groups(idx: GroupIndex, masks: dict, dead: np.ndarray) -> tuple[dict, np.ndarray]:
+    """`masks` with every filter column and input slice of a dead group cleared, repeated to a
+    fixpoint (a filter whose every input is dead is dead too). Returns (masks, dead)."""
+    out = {n: m.copy() for n, m in masks.items()}
+    dead = dead.copy()
+    while True:
+        for n, m in out.items():
+            if n in idx.filters:
+                m[..., dead[idx.filters[n]]] = False
+                m[..., dead[idx.inputs[n]], :] = False
+        now = dead | dead_groups(idx, out)
+        if np.array_equal(now, dead):
+            return out, dead
+        dead = now
+
+
+def _rel(s: np.ndarray, alive: np.ndarray) -> Optional[np.ndarray]:
+    s = np.asarray(s, np.float64)
+    mean = s[alive].mean() if alive.any() else 0.0
+    return s / mean if mean > 0 else None
+
+
+def group_scores(idx: GroupIndex, model: keras.Model, masks: dict, dead: np.ndarray
+                 ) -> np.ndarray:
+    """Importance of every group: the mean of its members' layer-relative scores (NaN for a
+    group without any scored member)."""
+    layers = _layers(model)
+    total = np.zeros(idx.n_groups)
+    count = np.zeros(idx.n_groups)
+
+    def add(groups, s):
+        rel = _rel(s, ~dead[groups])
+        if rel is not None:
+            np.add.at(total, groups, rel)
+            np.add.at(count, groups, 1)
+
+    def masked(n, k):
+        return np.where(masks[n], k, 0.0) if n in masks else k
+
+    for n, g in idx.filters.items():
+        k = masked(n, layers[n].kernel.numpy())
+        if n not in idx.scaled:
+            add(g, np.sqrt((k.reshape(-1, k.shape[-1]) ** 2).sum(axis=0)))
+        rows = np.moveaxis(k, -2, 0).reshape(k.shape[-2], -1)
+        add(idx.inputs[n], np.sqrt((rows ** 2).sum(axis=1)))
+    for n, g in idx.depthwise.items():
+        if n not in idx.scaled:
+            k = layers[n].depthwise_kernel.numpy()
+            add(g, np.sqrt((np.moveaxis(k, -2, 0).reshape(k.shape[-2], -1) ** 2).sum(axis=1)))
+    for n, g in idx.bns.items():
+        gamma = getattr(layers[n], "gamma", None)
+        if gamma is not None:
+            add(g, np.abs(gamma.numpy()))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
+def group_macs(idx: GroupIndex, dead: np.ndarray) -> np.ndarray:
+    """MACs each group would free now (with the channels already dead left out)."""
+    macs = np.zeros(idx.n_groups)
+    for n, gout in idx.filters.items():
+        gin = idx.inputs[n]
+        alive_in, alive_out = int((~dead[gin]).sum()), int((~dead[gout]).sum())
+        np.add.at(macs, gout, idx.cost_out[n] * alive_in)
+        np.add.at(macs, gin, idx.cost_in[n] * alive_out)
+    for n, g in idx.depthwise.items():
+        np.add.at(macs, g, idx.cost_dw[n])
+    return macs
+
+
+def min_keep(width: int, min_width: float, min_channels: int) -> int:
+    """The fewest channels a layer of `width` channels may keep."""
+    return min(width, max(int(min_channels), int(math.ceil(min_width * width))))
+
+
+def choose_groups(idx: GroupIndex, scores: np.ndarray, macs: np.ndarray, dead: np.ndarray,
+                  fraction: float, cost: float = 0.0, min_width: float = 0.0,
+                  min_channels: int = 1) -> np.ndarray:
+    """(groups,) bool: the `fraction` of surviving eligible groups with the lowest
+    cost-weighted score, none taking a layer below its minimum width."""
+    cand = idx.eligible & ~dead & np.isfinite(scores)
+    quota = int(round(fraction * int((idx.eligible & ~dead).sum())))
+    killed = np.zeros(idx.n_groups, bool)
+    if quota == 0 or not cand.any():
+        return killed
+    weighted = scores.copy()
+    if cost:
+        m = macs[cand].mean()
+        if m > 0:
+            weighted = scores / np.maximum(macs / m, 1e-6) ** cost
+    widths = idx.widths()
+    names = list(widths)
+    left = np.array([int((~dead[widths[n]]).sum()) for n in names])
+    floor = np.array([min_keep(len(widths[n]), min_width, min_channels) for n in names])
+    # per group: which layers it thins and by how many channels
+    touch: dict = {}
+    for i, n in enumerate(names):
+        g, c = np.unique(widths[n], return_counts=True)
+        for gg, cc in zip(g[cand[g]], c[cand[g]]):
+            touch.setdefault(int(gg), []).append((i, int(cc)))
+    order = np.flatnonzero(cand)
+    order = order[np.argsort(weighted[order], kind="stable")]
+    for g in order:
+        hits = touch.get(int(g), [])
+        if all(left[i] - c >= floor[i] for i, c in hits):
+            for i, c in hits:
+                left[i] -= c
+            killed[g] = True
+            quota -= 1
+            if quota == 0:
+                break
+    return killed
+
+
+def structured_allowed(model: keras.Model, prev_model: keras.Model, names: list,
+                       masks: dict, fraction: float, cost: float = 0.0,
+                       min_width: float = 0.0, min_channels: int = 1
+                       ) -> tuple[dict, dict]:
+    """The weights a level may keep (`masks` minus the groups this level kills and everything
+    that reads them) and the filters killed per layer (producers and depthwise layers).
+
+    `model` is the level's fresh model (the graph), `prev_model` the previous level's trained
+    one (the weights scored), `names` the pruned layers (their masks in `masks`).
+    """
+    exclude = [n for n, l in _layers(model).items()
+               if type(l) in KERNEL_PRODUCERS and n not in names]
+    idx = build_index(model, exclude)
+    dead = dead_groups(idx, masks)
+    scores = group_scores(idx, prev_model, masks, dead)
+    kill = choose_groups(idx, scores, group_macs(idx, dead), dead, fraction, cost,
+                         min_width, min_channels)
+    allowed, now = clear_groups(idx, {n: masks[n] for n in names}, dead | kill)
+    new = now & ~dead
+    killed = {n: int(new[g].sum()) for n, g in idx.widths().items() if new[g].any()}
+    return allowed, killed
+
+
+# ---------------------------------------------------------------- holding dead groups at zero
+def hold_pairs(idx: GroupIndex, model: keras.Model, dead: np.ndarray, masked: Iterable[str]
+               ) -> list:
+    """(variable, keep array) for what tfmot's masks do not cover: biases of dead filters, the
+    depthwise channels and BN γ/β of dead groups, and the kernel slices of layers in the groups
+    that have no mask (`masked` are the wrapped layers)."""
+    layers = _layers(model)
+    masked = set(masked)
+    pairs = []
+
+    def keep(groups):
+        d = dead[groups]
+        return None if not d.any() else (~d).astype(np.float32)
+
+    for n, g in idx.filters.items():
+        layer, k = layers[n], keep(g)
+        if k is not None:
+            if getattr(layer, "bias", None) is not None:
+                pairs.append((layer.bias, k))
+            if n not in masked:
+                pairs.append((layer.kernel, np.broadcast_to(k, layer.kernel.shape).copy()))
+        k = keep(idx.inputs[n])
+        if k is not None and n not in masked:
+            shape = layer.kernel.shape
+            pairs.append((layer.kernel, np.broadcast_to(k[:, None], shape).copy()))
+    for n, g in idx.depthwise.items():
+        layer, k = layers[n], keep(g)
+        if k is not None:
+            pairs.append((layer.depthwise_kernel,
+                          np.broadcast_to(k[:, None], layer.depthwise_kernel.shape).copy()))
+            if getattr(layer, "bias", None) is not None:
+                pairs.append((layer.bias, np.repeat(k, idx.mult[n])))
+    for n, g in idx.bns.items():
+        layer, k = layers[n], keep(g)
+        if k is not None:
+            pairs += [(v, k) for v in (layer.gamma, layer.beta) if v is not None]
+    merged: dict = {}
+    for v, k in pairs:   # one assign per variable
+        key = id(v)
+        merged[key] = (v, k if key not in merged else merged[key][1] * k)
+    return list(merged.values())
+
+
+class HoldDeadGroups(keras.callbacks.Callback):
+    """Keep every member of a dead group that tfmot does not mask at zero during training.
+
+    One traced function per batch (the assigns of all held variables), run at train begin and
+    after every batch, so an optimizer step never leaves a dead channel off zero when the
+    model is evaluated or saved.
+    """
+
+    def __init__(self, pairs: list):
+        super().__init__()
+        held = [(v, tf.constant(k)) for v, k in pairs]
+        self.count = len(held)
+
+        @tf.function
+        def hold():
+            for v, k in held:
+                v.assign(v * k)
+        self._hold = hold if held else (lambda: None)
+
+    @classmethod
+    def for_level(cls, model: keras.Model, allowed: dict) -> "HoldDeadGroups":
+        """The callback of a level whose pruned layers may keep `allowed`."""
+        exclude = [n for n, l in _layers(model).items()
+                   if type(l) in KERNEL_PRODUCERS and n not in allowed]
+        idx = build_index(model, exclude)
+        return cls(hold_pairs(idx, model, dead_groups(idx, allowed), allowed))
+
+    def on_train_begin(self, logs=None):
+        self._hold()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._hold()
+
+
+def kill_now(model: keras.Model, groups: Iterable[int], idx: Optional[GroupIndex] = None
+             ) -> GroupIndex:
+    """Zero every member of `groups` in `model` in place (filters, input slices, depthwise
+    channels, biases, BN γ/β): what a level's masks and hold produce, for tests and tools."""
+    idx = idx or build_index(model)
+    dead = np.zeros(idx.n_groups, bool)
+    dead[list(groups)] = True
+    for v, k in hold_pairs(idx, model, dead, masked=()):
+        v.assign(v * k)
+    return idx
