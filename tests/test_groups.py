@@ -179,9 +179,11 @@ def test_group_graph_reaches_the_filters_of_keras_applications(name):
 @pytest.fixture(scope="module")
 def groups_run(tmp_path_factory, mnist_tiny):
     run = tmp_path_factory.mktemp("groups")
+    # one sparse level: a MobileNet's first epoch is mostly tf.function tracing on 2 cores
     cfg = tiny_config(model={"name": "mobilenet_v2", "kwargs": {"width": 0.35,
                                                                 "last_channels": 128}},
-                      lottery={"structure": "groups", "filter_fraction": 0.3, "levels": 2,
+                      data={"limit_train": 512},
+                      lottery={"structure": "groups", "filter_fraction": 0.3, "levels": 1,
                                "rewind": "lr", "schedule": "polynomial", "ramp_frequency": 2})
     return cfg, run, lottery.run_lottery(cfg, run, data=mnist_tiny, progress=False)
 
@@ -190,11 +192,11 @@ def test_group_step_kills_groups_in_mobilenet_and_the_rewriter_removes_them(grou
                                                                           mnist_tiny):
     cfg, run, results = groups_run
     assert sum(results[1].killed_filters.values()) > 0
-    model = lottery.load_level_model(run, 2)
-    masks = M.load_masks(lottery.level_dir(run, 2) / "masks.npz")
+    model = lottery.load_level_model(run, 1)
+    masks = M.load_masks(lottery.level_dir(run, 1) / "masks.npz")
     idx = G.build_index(model)
     dead = G.dead_groups(idx, masks)
-    assert dead.sum() > 0.3 * idx.eligible.sum()     # two levels of 30 %
+    assert dead.sum() >= 0.25 * idx.eligible.sum()     # one level of 30 %
     # every member of a dead group is zero in the saved model, depthwise channels included
     for n, gs in idx.depthwise.items():
         k = model.get_layer(n).depthwise_kernel.numpy()
@@ -209,7 +211,7 @@ def test_group_step_kills_groups_in_mobilenet_and_the_rewriter_removes_them(grou
     assert shrunk > 0
     assert rep.channels_before - rep.channels_after >= int(
         sum(dead[gs].sum() for gs in idx.filters.values()))
-    assert rep.macs_after < 0.8 * rep.macs_before
+    assert rep.macs_after < 0.85 * rep.macs_before
     assert rep.verification.max_abs_dlogit <= 1e-4 * rep.verification.logit_scale
     assert rep.verification.top1_agreement == 1.0
     # no layer below its minimum width
