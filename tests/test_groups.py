@@ -218,3 +218,24 @@ def test_group_step_kills_groups_in_mobilenet_and_the_rewriter_removes_them(grou
     for n, gs in idx.widths().items():
         assert (~dead[gs]).sum() >= G.min_keep(len(gs), cfg.lottery.min_width,
                                                cfg.lottery.min_channels), n
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_killed_groups_of_zoo_mobilenets_are_removed_exactly(name):
+    """Many groups at once, through squeeze-excite gates and hard-swish too."""
+    from shifter_tf.models import build_model
+    model = _randomize_bn(build_model(name, (28, 28, 1), 10, width=0.5))
+    idx = G.build_index(model)
+    rng = np.random.default_rng(0)
+    cand = np.flatnonzero(idx.eligible)
+    kill = rng.choice(cand, size=len(cand) // 4, replace=False)
+    G.kill_now(model, kill, idx)
+    x = rng.normal(size=(32, 28, 28, 1)).astype(np.float32)
+    ref = model.predict(x, verbose=0)
+    new, rep = prune_structured(model, x)
+    dead = np.zeros(idx.n_groups, bool)
+    dead[kill] = True
+    removed = sum(int(dead[g].sum()) for g in idx.widths().values())
+    assert rep.channels_before - rep.channels_after >= removed
+    assert rep.kept_for_exactness == 0
+    assert np.abs(new.predict(x, verbose=0) - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())

@@ -1,5 +1,5 @@
 """The group-level structure step on residual and inverted-residual networks: per level density,
-MACs after surgery, TFLite test accuracy and 1-thread latency against dense (issue 25).
+MACs after surgery, TFLite test accuracy and 1-thread latency against dense.
 
 Self-contained (uses only shifter_tf): for each ARCH it trains one run with the embedded
 default's recipe (configs/mnist5k_vgg.yaml) and `lottery.structure: groups` (or reuses a

@@ -17,7 +17,7 @@ from typing import Any
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"structure": "none", "filter_fraction": 0.2, "rewind": "weights"},
     "structured": {"structure": "filters", "filter_fraction": 0.15, "rewind": "lr"},
-    "groups": {"structure": "groups", "filter_fraction": 0.15, "rewind": "lr", "group_cost": 0.5,
+    "groups": {"structure": "groups", "filter_fraction": 0.15, "rewind": "lr", "group_cost": 1.0,
                "min_width": 0.1, "min_channels": 4},
 }
 DEFAULT_RECIPE = "structured"   # what `shifter_tf.train_portfolio` uses without a config

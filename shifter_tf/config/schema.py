@@ -92,7 +92,8 @@ class LotteryConfig:
     filter_fraction: float = _PAPER["filter_fraction"]   # structure=filters: per level
     # structure=groups (shifter_tf.train.groups): whole channel groups of the rewriter's dependency
     # graph (residual Add chains, Concatenate, depthwise, Flatten->Dense) are ranked and killed.
-    group_cost: float = 0.5          # score / (MACs the group frees / mean) ** group_cost
+    # filter_fraction is then the share of the surviving groups' MACs each level frees.
+    group_cost: float = 1.0          # score / (MACs the group frees / mean) ** group_cost
     min_width: float = 0.1           # no layer keeps fewer than this share of its channels...
     min_channels: int = 4            # ... nor fewer than this many (or all it has)
     gamma_l1: float = 0.0            # L1 penalty on BN γ during training (network slimming)

@@ -234,8 +234,10 @@ def _rel(s: np.ndarray, alive: np.ndarray) -> Optional[np.ndarray]:
 
 def group_scores(idx: GroupIndex, model: keras.Model, masks: dict, dead: np.ndarray
                  ) -> np.ndarray:
-    """Importance of every group: the mean of its members' layer-relative scores (NaN for a
-    group without any scored member)."""
+    """Importance of every group: the sum of its members' layer-relative scores (NaN for a
+    group without any scored member). A sum, not a mean: a group that many layers use (a
+    residual stream) matters in all of them, and divided by the MACs it frees (`choose_groups`,
+    cost 1) it becomes importance per MAC, comparable across groups of any size."""
     layers = _layers(model)
     total = np.zeros(idx.n_groups)
     count = np.zeros(idx.n_groups)
@@ -263,8 +265,7 @@ def group_scores(idx: GroupIndex, model: keras.Model, masks: dict, dead: np.ndar
         gamma = getattr(layers[n], "gamma", None)
         if gamma is not None:
             add(g, np.abs(gamma.numpy()))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return total / count
+    return np.where(count > 0, total, np.nan)
 
 
 def group_macs(idx: GroupIndex, dead: np.ndarray) -> np.ndarray:
@@ -285,25 +286,33 @@ def min_keep(width: int, min_width: float, min_channels: int) -> int:
     return min(width, max(int(min_channels), int(math.ceil(min_width * width))))
 
 
+#: In one level no layer loses more than this share of the channels it still has: the budget
+#: spreads over several levels instead of emptying one narrow layer (a residual stream) at once.
+MAX_CUT = 0.5
+
+
 def choose_groups(idx: GroupIndex, scores: np.ndarray, macs: np.ndarray, dead: np.ndarray,
-                  fraction: float, cost: float = 0.0, min_width: float = 0.0,
+                  fraction: float, cost: float = 1.0, min_width: float = 0.0,
                   min_channels: int = 1) -> np.ndarray:
-    """(groups,) bool: the `fraction` of surviving eligible groups with the lowest
-    cost-weighted score, none taking a layer below its minimum width."""
+    """(groups,) bool: surviving eligible groups in ascending order of importance / (MACs /
+    mean) ** `cost`, until they free `fraction` of the MACs the surviving groups hold; a group is
+    skipped when it would take a layer below its minimum width or cut more than `MAX_CUT` of a
+    layer's surviving channels in this level."""
     cand = idx.eligible & ~dead & np.isfinite(scores)
-    quota = int(round(fraction * int((idx.eligible & ~dead).sum())))
     killed = np.zeros(idx.n_groups, bool)
-    if quota == 0 or not cand.any():
+    budget = fraction * float(macs[idx.eligible & ~dead].sum())
+    if budget <= 0 or not cand.any():
         return killed
     weighted = scores.copy()
     if cost:
         m = macs[cand].mean()
         if m > 0:
-            weighted = scores / np.maximum(macs / m, 1e-6) ** cost
+            weighted = scores / np.maximum(macs / m, 1e-9) ** cost
     widths = idx.widths()
     names = list(widths)
     left = np.array([int((~dead[widths[n]]).sum()) for n in names])
-    floor = np.array([min_keep(len(widths[n]), min_width, min_channels) for n in names])
+    floor = np.array([max(min_keep(len(widths[n]), min_width, min_channels),
+                          int(math.ceil((1 - MAX_CUT) * k))) for n, k in zip(names, left)])
     # per group: which layers it thins and by how many channels
     touch: dict = {}
     for i, n in enumerate(names):
@@ -312,20 +321,21 @@ def choose_groups(idx: GroupIndex, scores: np.ndarray, macs: np.ndarray, dead: n
             touch.setdefault(int(gg), []).append((i, int(cc)))
     order = np.flatnonzero(cand)
     order = order[np.argsort(weighted[order], kind="stable")]
+    freed = 0.0
     for g in order:
         hits = touch.get(int(g), [])
         if all(left[i] - c >= floor[i] for i, c in hits):
             for i, c in hits:
                 left[i] -= c
             killed[g] = True
-            quota -= 1
-            if quota == 0:
+            freed += macs[g]
+            if freed >= budget:
                 break
     return killed
 
 
 def structured_allowed(model: keras.Model, prev_model: keras.Model, names: list,
-                       masks: dict, fraction: float, cost: float = 0.0,
+                       masks: dict, fraction: float, cost: float = 1.0,
                        min_width: float = 0.0, min_channels: int = 1
                        ) -> tuple[dict, dict]:
     """The weights a level may keep (`masks` minus the groups this level kills and everything
