@@ -45,7 +45,7 @@ class ChannelGraph:
 
 def channel_graph(model: keras.Model, names: list[str]) -> ChannelGraph:
     """The producers in `names` whose filters may die alone, with their readers and BN."""
-    from shifter_tf.train.groups import build_index
+    from shifter_tf.graph.members import build_index
 
     idx = build_index(model)
     graph, ir = idx.graph, idx.graph.ir

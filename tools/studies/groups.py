@@ -7,8 +7,8 @@ finished run), prunes every level, converts dense and every pruned level to fp32
 itself and times them interleaved at 1 thread (rounds of N invocations per variant, median over
 rounds), so the speed-ups of one table come from one interleaved measurement.
 
-    PYTHONPATH=. python tools/bench_groups.py --out runs/bench_groups mobilenet_v2 resnet20 \\
-        [--levels 5] [--set train.epochs=6] [--data mnist5k]
+    .venv/bin/python -m tools.studies.groups --out runs/bench_groups mobilenet_v2 resnet20 \\
+        [--levels 6] [--set train.epochs=6] [--data mnist5k | fashion_mnist]
 
 Writes OUT/<arch>/ (the run) and OUT/groups.json + OUT/groups.md (the tables).
 """
@@ -129,7 +129,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("archs", nargs="+", choices=sorted(ARCHS))
     p.add_argument("--out", default="runs/bench_groups")
-    p.add_argument("--levels", type=int, default=5)
+    p.add_argument("--levels", type=int, default=6)
     p.add_argument("--data", default="mnist5k")
     p.add_argument("--set", action="append", default=[], help="extra config override")
     p.add_argument("--measure-only", action="store_true")
