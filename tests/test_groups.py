@@ -196,7 +196,7 @@ def test_group_step_kills_groups_in_mobilenet_and_the_rewriter_removes_them(grou
     masks = M.load_masks(lottery.level_dir(run, 1) / "masks.npz")
     idx = G.build_index(model)
     dead = G.dead_groups(idx, masks)
-    assert dead.sum() >= 0.25 * idx.eligible.sum()     # one level of 30 %
+    assert dead.sum() > 0.05 * idx.eligible.sum()     # 30 % of the MACs: the costly groups
     # every member of a dead group is zero in the saved model, depthwise channels included
     for n, gs in idx.depthwise.items():
         k = model.get_layer(n).depthwise_kernel.numpy()
