@@ -78,3 +78,58 @@ def test_limit_train_is_a_stratified_share():
     assert len(d.x_train) == 500
     counts = np.bincount(d.y_train, minlength=10)
     assert counts.min() >= 45 and counts.max() <= 55
+
+
+# ---------------------------------------------------------------- keras.datasets files on disk
+def _write_idx(path, arr):
+    import gzip
+    import struct
+    arr = np.asarray(arr, np.uint8)
+    head = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(head + arr.tobytes())
+
+
+def test_fashion_mnist_read_from_data_path_without_network(tmp_path, monkeypatch):
+    from shifter_tf.data import files
+    folder = tmp_path / "datasets" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    xtr, ytr = rng.integers(0, 255, (50, 28, 28)), np.arange(50) % 10
+    xte, yte = rng.integers(0, 255, (20, 28, 28)), np.arange(20) % 10
+    for name, arr in zip(files.FASHION, (xtr, ytr, xte, yte)):
+        _write_idx(folder / name, arr)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))     # nothing may be written there
+    d = load_dataset(DataConfig(name="fashion_mnist", path=str(tmp_path), val_fraction=0.2))
+    assert d.x_test.shape == (20, 28, 28, 1) and d.count("train") + d.count("val") == 50
+    np.testing.assert_array_equal(d.x_test[..., 0], xte)
+    assert d.labels[9] == "Ankle boot"
+    assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path(
+    "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_the_debian_package():
+    d = load_dataset(DataConfig(name="fashion_mnist", limit_train=500))
+    assert d.count("test") == 10000 and d.count("train") == 500
+    assert d.input_shape == (28, 28, 1) and d.num_classes == 10
+
+
+def test_cifar_read_from_the_archive_in_place(tmp_path):
+    import io
+    import pickle
+    import tarfile
+    rng = np.random.default_rng(0)
+    archive = tmp_path / "datasets" / "cifar-10-batches-py.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            body = pickle.dumps({b"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8),
+                                 b"labels": list(range(4))})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    d = load_dataset(DataConfig(name="cifar10", path=str(tmp_path), val_fraction=0.25))
+    assert d.input_shape == (32, 32, 3) and d.count("test") == 4
+    assert not (tmp_path / "datasets" / "cifar-10-batches-py").exists()   # never unpacked

@@ -58,3 +58,42 @@ def test_user_model_plain_loads(tmp_path):
     np.testing.assert_allclose(loaded(x, training=False), m(x, training=False), atol=1e-6)
     with pytest.raises(ModelError, match="not found"):
         load_user_model(tmp_path / "absent.keras")
+
+
+# ---------------------------------------------------------------- edge families, one `width`
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (64, 64, 3)])
+def test_mobilenets_take_small_inputs_of_one_or_three_channels(name, shape):
+    m = build_model(name, shape, 10, width=0.5)
+    assert m.output_shape == (None, 10)
+    assert any(isinstance(l, keras.layers.DepthwiseConv2D) for l in m.layers)
+    # the final feature map keeps at least 4 pixels
+    gap = m.get_layer("gap")
+    assert gap.input_shape[1] >= 4
+
+
+def test_mobilenet_v2_matches_the_paper_at_224():
+    m = build_model("mobilenet_v2", (224, 224, 3), 1000)
+    assert abs(m.count_params() - 3.5e6) / 3.5e6 < 0.02     # Keras' MobileNetV2: 3,538,984
+    assert m.get_layer("gap").input_shape[1:3] == (7, 7)
+
+
+def test_width_is_a_multiplier_across_the_zoo_alpha_its_alias():
+    for name in ("vgg_small", "resnet20", "mobilenet_v2", "mobilenet_v3_small"):
+        full = build_model(name, (32, 32, 3), 10).count_params()
+        half = build_model(name, (32, 32, 3), 10, width=0.5).count_params()
+        assert half < 0.6 * full, name
+    a = build_model("mobilenet_v2", (32, 32, 3), 10, alpha=0.5).count_params()
+    assert a == build_model("mobilenet_v2", (32, 32, 3), 10, width=0.5).count_params()
+    r = build_model("resnet20", (32, 32, 3), 10, base_filters=8)
+    assert r.get_layer("stem_conv").filters == 8
+    assert build_model("resnet20", (32, 32, 3), 10, width=2.0).get_layer("stem_conv").filters == 32
+
+
+def test_resnet_old_width_spelling_is_a_clear_error():
+    with pytest.raises(ValueError, match="base_filters: 16"):
+        build_model("resnet20", (32, 32, 3), 10, width=16)
+    from shifter_tf.config.schema import from_dict
+    from shifter_tf.errors import ConfigError
+    with pytest.raises(ConfigError, match="model.kwargs.width.*base_filters: 16"):
+        from_dict({"model": {"name": "resnet20", "kwargs": {"width": 16}}}, "<old>")

@@ -138,3 +138,26 @@ def test_gamma_l1_penalty_drives_bn_scales_down(tmp_path, mnist_tiny):
         return np.mean([np.abs(l.gamma.numpy()).mean() for l in m.layers
                         if isinstance(l, keras.layers.BatchNormalization)])
     assert mean_gamma(1e-2) < mean_gamma(0.0) - 0.05   # lr·λ·steps ≈ 0.1 with momentum
+
+
+def test_channel_graph_is_the_dependency_graph_through_concatenate_and_flatten():
+    """The filter step's graph is the rewriter's: a branch before a Concatenate or a conv before
+    Flatten -> Dense may lose filters, and the readers' slices are found by group."""
+    L = keras.layers
+    i = keras.Input((8, 8, 3))
+    a = L.ReLU()(L.BatchNormalization(name="a_bn")(L.Conv2D(4, 3, padding="same", name="a")(i)))
+    b = L.ReLU()(L.Conv2D(3, 1, name="b")(i))
+    x = L.Conv2D(5, 3, name="c")(L.Concatenate()([a, b]))
+    x = L.Flatten()(L.ReLU()(x))
+    model = keras.Model(i, L.Dense(10, name="fc")(x))
+    names = magnitude.prunable_layers(model)
+    g = structure.channel_graph(model, names)
+    assert g.readers["a"] == ["c"] and g.readers["b"] == ["c"] and g.readers["c"] == ["fc"]
+    assert g.bn == {"a": "a_bn"}
+    masks = {n: np.ones(k.shape, bool) for n, k in magnitude.kernels(model, names).items()}
+    masks["b"][..., 1] = False
+    masks["c"][..., 2] = False
+    cleared = structure.clear_dead_inputs(masks, g)
+    assert not cleared["c"][:, :, 4 + 1, :].any() and cleared["c"][:, :, 4, [0, 1, 3, 4]].all()
+    rows = cleared["fc"].reshape(-1, 5, 10)          # Flatten: row = position * 5 + channel
+    assert not rows[:, 2, :].any() and rows[:, 1, :].all()

@@ -7,6 +7,8 @@ come from. A recipe is a set of `lottery:` keys; keys a config gives explicitly 
   step (15 % of the surviving filters go at each level, so whole filters die from level 1 on) and
   learning-rate rewinding (Renda et al., ICLR 2020). The embedded default, the Python API's
   default and the README's recipe.
+- `groups`: `structured` with the group-level step (`train.groups`): whole channel groups of the
+  dependency graph die, so residual, inverted-residual and concatenating networks shed width too.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Any
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"structure": "none", "filter_fraction": 0.2, "rewind": "weights"},
     "structured": {"structure": "filters", "filter_fraction": 0.15, "rewind": "lr"},
+    "groups": {"structure": "groups", "filter_fraction": 0.15, "rewind": "lr", "group_cost": 1.0,
+               "min_width": 0.1, "min_channels": 4},
 }
 DEFAULT_RECIPE = "structured"   # what `shifter_tf.train_portfolio` uses without a config
 

@@ -13,9 +13,14 @@ import yaml
 #: signatures and `shifter_tf.models.register_model` adds entries for a user's builders.
 MODEL_KWARGS: dict[str, dict[str, type]] = {
     **{n: {"width": float} for n in ("vgg_small", "vgg11", "vgg13", "vgg16", "vgg19")},
-    **{n: {"width": int} for n in ("resnet20", "resnet32", "resnet56")},
-    **{n: {"small_input": bool} for n in ("resnet18", "resnet50")},
+    **{n: {"width": float, "base_filters": int} for n in ("resnet20", "resnet32", "resnet56")},
+    **{n: {"small_input": bool, "width": float} for n in ("resnet18", "resnet50")},
+    **{n: {"width": float, "alpha": float, "last_channels": int, "dropout": float}
+       for n in ("mobilenet_v2", "mobilenet_v3_small")},
 }
+#: `width` is a multiplier everywhere; the CIFAR ResNets' old `width` (base filters, >= 8) is
+#: refused with the new spelling (models.resnet.check_width says the same to Python callers).
+OLD_RESNET_WIDTH = 8
 
 Bad = Callable[[str, str], None]   # bad(dotted_key, message) raises ConfigError
 
@@ -97,6 +102,16 @@ def validate_model(m: Any, bad: Bad) -> None:
             bad(f"model.kwargs.{k}", f"{m.name} takes no keyword {k!r} "
                                      f"(known: {', '.join(sorted(known)) or 'none'})")
         tp = known[k]
+        if (k == "width" and m.name.startswith("resnet") and isinstance(v, int)
+                and not isinstance(v, bool) and v >= OLD_RESNET_WIDTH):
+            bad("model.kwargs.width", f"{m.name}: width is a multiplier of every stage's "
+                                      f"filters now (1.0 = the paper's network); {v} looks like "
+                                      f"the old base-filter count: write model.kwargs."
+                                      f"base_filters: {v} instead")
+        if k == "dropout":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                bad(f"model.kwargs.{k}", f"expected a fraction in [0, 1), got {v!r}")
+            continue
         if tp is bool:
             if not isinstance(v, bool):
                 bad(f"model.kwargs.{k}", f"expected true or false, got {v!r}")

@@ -90,6 +90,12 @@ class LotteryConfig:
     dense_epochs: Optional[int] = None   # level 0's epochs (default train.epochs)
     structure: str = _PAPER["structure"]   # none (the paper's plain IMP) | filters
     filter_fraction: float = _PAPER["filter_fraction"]   # structure=filters: per level
+    # structure=groups (shifter_tf.train.groups): whole channel groups of the rewriter's dependency
+    # graph (residual Add chains, Concatenate, depthwise, Flatten->Dense) are ranked and killed.
+    # filter_fraction is then the share of the surviving groups' MACs each level frees.
+    group_cost: float = 1.0          # score / (MACs the group frees / mean) ** group_cost
+    min_width: float = 0.1           # no layer keeps fewer than this share of its channels...
+    min_channels: int = 4            # ... nor fewer than this many (or all it has)
     gamma_l1: float = 0.0            # L1 penalty on BN γ during training (network slimming)
 
 
@@ -290,8 +296,14 @@ def _validate(cfg: Config, source: str) -> None:
         bad("lottery.dense_epochs", f"must be >= 1, got {lt.dense_epochs}")
     if lt.rewind not in ("weights", "lr"):
         bad("lottery.rewind", f"must be weights or lr, got {lt.rewind!r}")
-    if lt.structure not in ("none", "filters"):
-        bad("lottery.structure", f"must be none or filters, got {lt.structure!r}")
+    if lt.structure not in ("none", "filters", "groups"):
+        bad("lottery.structure", f"must be none, filters or groups, got {lt.structure!r}")
+    if lt.group_cost < 0:
+        bad("lottery.group_cost", f"must be >= 0, got {lt.group_cost}")
+    if not 0.0 <= lt.min_width <= 1.0:
+        bad("lottery.min_width", f"must be in [0, 1], got {lt.min_width}")
+    if lt.min_channels < 1:
+        bad("lottery.min_channels", f"must be >= 1, got {lt.min_channels}")
     if not 0.0 <= lt.filter_fraction < 1.0:
         bad("lottery.filter_fraction", f"must be in [0, 1), got {lt.filter_fraction}")
     drop = cfg.portfolio.max_accuracy_drop

@@ -2,7 +2,6 @@
 (streamed through `shifter_tf.data.streams`)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -12,31 +11,32 @@ from shifter_tf.data.sets import Normalization, _from_arrays
 from shifter_tf.errors import DataError
 
 
+LABELS = {
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"],
+}
+
+
 def _keras_dataset(name: str, cfg: DataConfig):
-    """Load through keras.datasets; offline, say which file to put where."""
+    """The files of a keras.datasets set already on the machine (`data.files`: data.path,
+    ~/.keras/datasets, Debian's /usr/share/datasets), else keras.datasets' own download; offline,
+    say which file to put where."""
+    from shifter_tf.data import files
+
+    found = files.find(name, cfg.path)
+    if found is not None:
+        return found[0]
     import tf_keras as keras
 
-    files = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/ (4 .gz files)",
-             "cifar10": "cifar-10-batches-py.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
-    home = Path(cfg.path) if cfg.path else Path(os.environ.get("KERAS_HOME",
-                                                               Path.home() / ".keras"))
-    old = os.environ.get("KERAS_HOME")
-    os.environ["KERAS_HOME"] = str(home)
     try:
-        loader = getattr(keras.datasets, name)
-        (xtr, ytr), (xte, yte) = loader.load_data()
+        return tuple(v for split in getattr(keras.datasets, name).load_data() for v in split)
     except Exception as e:  # urllib / socket / tarfile errors all mean the same to the user
         raise DataError(
             f"data set '{name}' is not on this machine and could not be downloaded "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:120]}). Put {files[name]} in "
-            f"{home / 'datasets'}/ (or set data.path to a folder holding datasets/{files[name]})"
-        ) from None
-    finally:
-        if old is None:
-            os.environ.pop("KERAS_HOME", None)
-        else:
-            os.environ["KERAS_HOME"] = old
-    return xtr, ytr, xte, yte
+            f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            f"{files.where_to_put(name, cfg.path)}") from None
 
 
 def load_dataset(cfg: DataConfig, seed: int = 0, norm: Optional[Normalization] = None):
@@ -52,7 +52,8 @@ def load_dataset(cfg: DataConfig, seed: int = 0, norm: Optional[Normalization] =
     elif cfg.name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
         xtr, ytr, xte, yte = _keras_dataset(cfg.name, cfg)
         n = 100 if cfg.name == "cifar100" else 10
-        data = _from_arrays(cfg.name, cfg, xtr, ytr, [str(i) for i in range(n)], seed, xte, yte)
+        labels = LABELS.get(cfg.name, [str(i) for i in range(n)])
+        data = _from_arrays(cfg.name, cfg, xtr, ytr, labels, seed, xte, yte)
     elif cfg.name == "image_folder":
         if not cfg.path or not Path(cfg.path).is_dir():
             raise DataError(f"data.path: image_folder needs a folder of class sub-folders, "

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shifter_tf.graph import layer_kinds
-from shifter_tf.graph.ir import ModelIR
+from shifter_tf.graph import tfops
+from shifter_tf.graph.ir import ModelIR, trace
 
 
 def connected_labels(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -210,3 +211,28 @@ class DependencyGraph:
         return {"groups": self.n_groups, "frozen": int(self.frozen.sum()),
                 "coupled": len(self.coupled_groups()), "tensors": len(self.ir.tensors),
                 "frozen_reasons": list(self._reasons)}
+
+
+def classify_calls(ir: ModelIR) -> list:
+    """The Kind of every call of the traced model."""
+    kinds = []
+    for call in ir.calls:
+        ins = [ir.tensors[t].shape for t in call.inputs]
+        outs = [ir.tensors[t].shape for t in call.outputs]
+        if tfops.is_tfop(call.layer) and call.node is not None:
+            kind = tfops.classify(call, ins, outs)
+        else:
+            kind = layer_kinds.classify(call.layer, ins, outs)
+        single = kind.kind in (layer_kinds.PRODUCER, layer_kinds.DEPTHWISE, layer_kinds.CHANNELWISE, layer_kinds.FLATTEN)
+        if single and (len(ins) != 1 or len(outs) != 1):
+            kind = layer_kinds.Kind(layer_kinds.FROZEN, "called on several tensors")
+        kinds.append(kind)
+    return kinds
+
+
+def model_graph(model) -> DependencyGraph:
+    """The dependency graph of a tf_keras model as it is (BatchNormalization not folded: BN
+    layers are channel-wise members of the groups they scale). The training side's structure
+    steps use this; the rewriter builds its graph after folding (`surgery.build_dependency_graph`)."""
+    ir = trace(model)
+    return DependencyGraph(ir, classify_calls(ir))

@@ -7,6 +7,8 @@ rewriter see the same layer kinds whatever the architecture.
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from typing import Callable, Sequence
 
 import shifter_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -15,7 +17,7 @@ import tf_keras as keras
 from shifter_tf.config.schema import ModelConfig
 from shifter_tf.errors import ConfigError
 from shifter_tf.config.rules import MODEL_KWARGS
-from shifter_tf.models import resnet, vgg
+from shifter_tf.models import mobilenet, resnet, vgg
 from shifter_tf.models.user import check_model_fits, import_custom_objects, load_user_model
 from shifter_tf.errors import ModelError
 
@@ -33,17 +35,28 @@ MODELS: dict[str, Builder] = {
     "resnet56": resnet.cifar_resnet56,
     "resnet18": resnet.resnet18,
     "resnet50": resnet.resnet50,
+    "mobilenet_v2": mobilenet.mobilenet_v2,
+    "mobilenet_v3_small": mobilenet.mobilenet_v3_small,
 }
 
 
 def builder_kwargs(builder: Builder) -> dict[str, type]:
     """The keywords `builder` takes after (input_shape, num_classes), with their types."""
     params = list(inspect.signature(builder).parameters.values())[2:]
+    try:   # string annotations (from __future__ import annotations) resolved, Optional[X] -> X
+        hints = typing.get_type_hints(builder)
+    except Exception:
+        hints = {}
     out = {}
     for p in params:
         if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
-        ann = p.annotation if isinstance(p.annotation, type) else None
+        ann = hints.get(p.name, p.annotation)
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if typing.get_origin(ann) in (typing.Union, getattr(types, "UnionType", None)) \
+                and len(args) == 1:
+            ann = args[0]
+        ann = ann if isinstance(ann, type) else None
         out[p.name] = ann or (type(p.default) if p.default is not p.empty else object)
     return out
 

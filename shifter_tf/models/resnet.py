@@ -1,5 +1,10 @@
 """ResNets: CIFAR ResNet-20/32/56 (He et al. 2016, 3 stages of basic blocks) and ImageNet-style
-ResNet-18/50 with configurable input size and classes."""
+ResNet-18/50 with configurable input size and classes.
+
+`width` multiplies every stage's filters, as everywhere in the zoo (1.0 = the paper's network);
+the CIFAR ResNets' base filter count (16: stages of 16, 32, 64) is `base_filters`. Before this,
+`width` was that base count: an integer width of 8 or more is refused with the new spelling.
+"""
 from __future__ import annotations
 
 import shifter_tf  # noqa: F401
@@ -39,14 +44,37 @@ def bottleneck_block(x, filters, stride, name):
     return L.ReLU(name=f"{name}_out")(y)
 
 
-def cifar_resnet(depth: int, input_shape, num_classes: int, width: int = 16) -> keras.Model:
-    """CIFAR ResNet-(6n+2): 3 stages of n basic blocks, widths w, 2w, 4w."""
+OLD_WIDTH = 8   # an integer `width` at least this large is the old base-filter count
+
+
+def check_width(width: float, name: str) -> float:
+    """`width` as a multiplier; the old meaning (base filters, an int like 16) is an error."""
+    if isinstance(width, int) and not isinstance(width, bool) and width >= OLD_WIDTH:
+        raise ValueError(
+            f"{name}: width is a multiplier of every stage's filters now (1.0 = the paper's "
+            f"network); width={width} looks like the old base-filter count: write "
+            f"base_filters: {width} (and width: 1.0, the default) instead")
+    if not width > 0:
+        raise ValueError(f"{name}: width must be > 0, got {width}")
+    return float(width)
+
+
+def scaled(filters: int, width: float) -> int:
+    return max(1, int(round(filters * width)))
+
+
+def cifar_resnet(depth: int, input_shape, num_classes: int, width: float = 1.0,
+                 base_filters: int = 16) -> keras.Model:
+    """CIFAR ResNet-(6n+2): 3 stages of n basic blocks, filters b, 2b, 4b (b = base_filters)
+    times `width`."""
     if (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+    width = check_width(width, f"resnet{depth}")
     n = (depth - 2) // 6
     inputs = keras.Input(shape=input_shape, name="input")
-    x = _conv_bn(inputs, width, 3, 1, "stem")
-    for stage, filters in enumerate([width, 2 * width, 4 * width]):
+    stages = [scaled(base_filters * k, width) for k in (1, 2, 4)]
+    x = _conv_bn(inputs, stages[0], 3, 1, "stem")
+    for stage, filters in enumerate(stages):
         for i in range(n):
             x = basic_block(x, filters, 2 if (stage > 0 and i == 0) else 1, f"s{stage + 1}b{i + 1}")
     x = L.GlobalAveragePooling2D(name="gap")(x)
@@ -55,15 +83,19 @@ def cifar_resnet(depth: int, input_shape, num_classes: int, width: int = 16) -> 
 
 
 def imagenet_resnet(blocks, block_fn, input_shape, num_classes: int, name: str,
-                    small_input: bool = False) -> keras.Model:
-    """ImageNet ResNet; `small_input` swaps the 7x7/2 stem + max-pool for a 3x3/1 conv (64x64)."""
+                    small_input: bool = False, width: float = 1.0) -> keras.Model:
+    """ImageNet ResNet; `small_input` swaps the 7x7/2 stem + max-pool for a 3x3/1 conv (64x64);
+    `width` multiplies every stage's filters."""
+    width = check_width(width, name)
     inputs = keras.Input(shape=input_shape, name="input")
+    stem = scaled(64, width)
     if small_input:
-        x = _conv_bn(inputs, 64, 3, 1, "stem")
+        x = _conv_bn(inputs, stem, 3, 1, "stem")
     else:
-        x = _conv_bn(inputs, 64, 7, 2, "stem")
+        x = _conv_bn(inputs, stem, 7, 2, "stem")
         x = L.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    for stage, (count, filters) in enumerate(zip(blocks, [64, 128, 256, 512])):
+    stages = [scaled(f, width) for f in (64, 128, 256, 512)]
+    for stage, (count, filters) in enumerate(zip(blocks, stages)):
         for i in range(count):
             x = block_fn(x, filters, 2 if (stage > 0 and i == 0) else 1, f"s{stage + 1}b{i + 1}")
     x = L.GlobalAveragePooling2D(name="gap")(x)
@@ -71,23 +103,23 @@ def imagenet_resnet(blocks, block_fn, input_shape, num_classes: int, name: str,
     return keras.Model(inputs, outputs, name=name)
 
 
-def cifar_resnet20(input_shape, num_classes, width: int = 16):
-    return cifar_resnet(20, input_shape, num_classes, width=width)
+def cifar_resnet20(input_shape, num_classes, width: float = 1.0, base_filters: int = 16):
+    return cifar_resnet(20, input_shape, num_classes, width=width, base_filters=base_filters)
 
 
-def cifar_resnet32(input_shape, num_classes, width: int = 16):
-    return cifar_resnet(32, input_shape, num_classes, width=width)
+def cifar_resnet32(input_shape, num_classes, width: float = 1.0, base_filters: int = 16):
+    return cifar_resnet(32, input_shape, num_classes, width=width, base_filters=base_filters)
 
 
-def cifar_resnet56(input_shape, num_classes, width: int = 16):
-    return cifar_resnet(56, input_shape, num_classes, width=width)
+def cifar_resnet56(input_shape, num_classes, width: float = 1.0, base_filters: int = 16):
+    return cifar_resnet(56, input_shape, num_classes, width=width, base_filters=base_filters)
 
 
-def resnet18(input_shape, num_classes, small_input: bool = False):
+def resnet18(input_shape, num_classes, small_input: bool = False, width: float = 1.0):
     return imagenet_resnet([2, 2, 2, 2], basic_block, input_shape, num_classes, "resnet18",
-                           small_input=small_input)
+                           small_input=small_input, width=width)
 
 
-def resnet50(input_shape, num_classes, small_input: bool = False):
+def resnet50(input_shape, num_classes, small_input: bool = False, width: float = 1.0):
     return imagenet_resnet([3, 4, 6, 3], bottleneck_block, input_shape, num_classes, "resnet50",
-                           small_input=small_input)
+                           small_input=small_input, width=width)

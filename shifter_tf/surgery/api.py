@@ -11,34 +11,16 @@ import shifter_tf  # noqa: F401
 import tf_keras as keras
 
 from shifter_tf.graph import layer_kinds
-from shifter_tf.graph import tfops
 from shifter_tf.surgery.analysis import analyse
 from shifter_tf.surgery.fold import fold_batchnorm_calls
-from shifter_tf.graph.deps import DependencyGraph
-from shifter_tf.graph.ir import ModelIR, is_graph_model, trace
+from shifter_tf.graph.deps import DependencyGraph, classify_calls
+from shifter_tf.graph.ir import is_graph_model, trace
 from shifter_tf.errors import SurgeryError
 from shifter_tf.graph.metrics import count_params_and_macs
 from shifter_tf.surgery.rebuild import rebuild
 from shifter_tf.surgery.report import SurgeryReport, layer_reports
 from shifter_tf.surgery.verify import compare
 from shifter_tf.surgery.weights import read_weights
-
-
-def classify_calls(ir: ModelIR) -> list:
-    """The Kind of every call of the traced model."""
-    kinds = []
-    for call in ir.calls:
-        ins = [ir.tensors[t].shape for t in call.inputs]
-        outs = [ir.tensors[t].shape for t in call.outputs]
-        if tfops.is_tfop(call.layer) and call.node is not None:
-            kind = tfops.classify(call, ins, outs)
-        else:
-            kind = layer_kinds.classify(call.layer, ins, outs)
-        single = kind.kind in (layer_kinds.PRODUCER, layer_kinds.DEPTHWISE, layer_kinds.CHANNELWISE, layer_kinds.FLATTEN)
-        if single and (len(ins) != 1 or len(outs) != 1):
-            kind = layer_kinds.Kind(layer_kinds.FROZEN, "called on several tensors")
-        kinds.append(kind)
-    return kinds
 
 
 def _strip_tfmot(model, notes: list):

@@ -29,6 +29,7 @@ import tf_keras as keras
 from tqdm.auto import tqdm
 
 from shifter_tf.distributed import cluster
+from shifter_tf.train import groups
 from shifter_tf.train import magnitude
 from shifter_tf.train import structure
 from shifter_tf.train import wrappers
@@ -218,6 +219,11 @@ def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
         allowed, killed = structure.structured_allowed(cfg.lottery.filter_fraction, prev_kernels,
                                                prev_masks, graph, gammas,
                                                magnitude.classifier_name(model))
+    elif cfg.lottery.structure == "groups":
+        lt = cfg.lottery
+        allowed, killed = groups.structured_allowed(model, prev_model, names, prev_masks,
+                                                    lt.filter_fraction, lt.group_cost,
+                                                    lt.min_width, lt.min_channels)
     new_masks, threshold = magnitude.global_allocation(prev_kernels, allowed, target, clip=True)
     # weight rewinding (the paper's): survivors restart from θ_k; learning-rate rewinding
     # (Renda et al. 2020): they keep the values the previous level trained, the LR schedule
@@ -271,6 +277,8 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
             if cfg.lottery.structure == "filters":
                 dead = {n: ~structure.filter_alive(m) for n, m in allowed.items()}
                 callbacks.append(structure.HoldDeadChannels(structure.hold_pairs(model, dead)))
+            elif cfg.lottery.structure == "groups":
+                callbacks.append(groups.HoldDeadGroups.for_level(model, allowed))
         if cfg.lottery.gamma_l1:
             trained.add_loss(structure.gamma_l1_loss(model, cfg.lottery.gamma_l1))
         engine.compile_model(trained, recipe, engine.steps_per_epoch(data, recipe.batch_size))

@@ -7,10 +7,12 @@ surviving filters with the lowest layer-relative score lose their whole filter, 
 that read them are cleared downstream, and the BatchNormalization after them is held at γ = β = 0
 during training, so the channel emits exactly zero and the rewriter removes it losslessly.
 
-The channel graph comes from the rewriter's own flattened graph (`surgery.ir.trace`): a channel
-is followed through layers that keep channels in place (BN, activations, pooling, dropout) to the
-kernels that read it; anything else (Add, Concatenate, Flatten...) stops the walk, which is safe:
-the consumer simply keeps its input slice.
+The channel graph is the rewriter's own dependency graph (`graph.deps.model_graph`, one code
+path for both): a filter may die here when its channel group has no other producer (no residual
+`Add` partner, no depthwise conv carrying it), is not frozen, and is read only by pruned kernels;
+the readers' input slices are found by group, so they are cleared through BN, activations,
+pooling, `Concatenate` offsets and Flatten -> Dense rows alike. Coupled groups (residual stages,
+inverted-residual blocks) are what `lottery.structure: groups` (`train.groups`) removes.
 """
 from __future__ import annotations
 
@@ -27,48 +29,53 @@ from shifter_tf.train import magnitude
 from shifter_tf.models import iter_layers
 
 L = keras.layers
-# layers whose output channel c is a function of input channel c only
-_CHANNELWISE = (L.BatchNormalization, L.ReLU, L.Activation, L.LeakyReLU, L.ELU, L.PReLU,
-                L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D,
-                L.GlobalMaxPooling2D, L.Dropout, L.SpatialDropout2D, L.ZeroPadding2D)
 
 
 @dataclass
 class ChannelGraph:
-    """Which kernels read each prunable layer's output channels, and which BN scales them."""
+    """Which kernels read each prunable layer's output channels, and which BN scales them.
+
+    `out_groups` / `in_groups` (layer -> group id per output / input channel of its kernel) come
+    from the dependency graph; a reader's input slice of a dead filter is where its group is."""
     readers: dict[str, list[str]] = field(default_factory=dict)   # producer -> consumer kernels
     bn: dict[str, str] = field(default_factory=dict)               # producer -> its own BN
+    out_groups: dict = field(default_factory=dict)
+    in_groups: dict = field(default_factory=dict)
 
 
 def channel_graph(model: keras.Model, names: list[str]) -> ChannelGraph:
-    """Walk the model's graph from each layer in `names` through channel-wise layers."""
-    from shifter_tf.graph.ir import trace
+    """The producers in `names` whose filters may die alone, with their readers and BN."""
+    from shifter_tf.graph.members import build_index
 
-    ir = trace(model)
-    wanted = set(names)
-    g = ChannelGraph()
-    for call in ir.calls:
-        if call.layer.name not in wanted or isinstance(call.layer, L.DepthwiseConv2D):
+    idx = build_index(model)
+    graph, ir = idx.graph, idx.graph.ir
+    wanted = set(names) & set(idx.filters)
+    producers: dict = {}   # group -> producer layers (depthwise layers included)
+    readers: dict = {}     # group -> reading kernels
+    for n, gs in idx.filters.items():
+        for grp in np.unique(gs):
+            producers.setdefault(int(grp), set()).add(n)
+        for grp in np.unique(idx.inputs[n]):
+            readers.setdefault(int(grp), set()).add(n)
+    for n, gs in idx.depthwise.items():
+        for grp in np.unique(gs):
+            producers.setdefault(int(grp), set()).add(n)
+    g = ChannelGraph(out_groups=dict(idx.filters), in_groups=dict(idx.inputs))
+    order = {c.layer.name: c.index for c in ir.calls}
+    for n in sorted(wanted, key=order.get):
+        own = np.unique(idx.filters[n])
+        if graph.frozen[own].any():
             continue
-        if len(ir.calls_of(call.layer)) != 1 or len(call.outputs) != 1:
-            continue   # shared layers: leave them alone
-        readers, frontier, first = [], [call.outputs[0]], True
-        ok = True
-        while frontier:
-            t = ir.tensors[frontier.pop()]
-            for ci in t.consumers:
-                c = ir.calls[ci]
-                if first and isinstance(c.layer, L.BatchNormalization) and len(t.consumers) == 1:
-                    g.bn[call.layer.name] = c.layer.name
-                if c.layer.name in wanted and not isinstance(c.layer, L.DepthwiseConv2D):
-                    readers.append(c.layer.name)
-                elif isinstance(c.layer, _CHANNELWISE) and len(c.inputs) == 1:
-                    frontier.extend(c.outputs)
-                else:
-                    ok = False     # the channel reaches something we do not model
-            first = False
-        if ok:
-            g.readers[call.layer.name] = readers
+        reads = set().union(*(readers.get(int(grp), set()) for grp in own))
+        if any(producers[int(grp)] != {n} for grp in own) or not reads <= wanted:
+            continue   # coupled (Add, depthwise...) or read by a kernel that is not pruned
+        g.readers[n] = sorted(reads, key=order.get)
+    for call in ir.calls:   # a BN that alone reads a producer's output scales its channels
+        if type(call.layer) is L.BatchNormalization and call.inputs:
+            t = ir.tensors[call.inputs[0]]
+            before = ir.calls[t.producer].layer.name
+            if before in g.readers and len(t.consumers) == 1:
+                g.bn[before] = call.layer.name
     return g
 
 
@@ -132,21 +139,21 @@ def clear_dead_inputs(masks: magnitude.Masks, graph: ChannelGraph) -> magnitude.
     """Clear input slices that read a channel whose whole filter is masked (repeat to a fixpoint:
     a filter whose every input is dead is dead too)."""
     out = {n: m.copy() for n, m in masks.items()}
-    changed = True
-    while changed:
+    n_groups = 1 + max([int(v.max()) for v in graph.out_groups.values() if len(v)] +
+                       [int(v.max()) for v in graph.in_groups.values() if len(v)] + [0])
+    while True:
+        dead = np.zeros(n_groups, bool)
+        for prod in graph.readers:
+            dead[graph.out_groups[prod][~filter_alive(out[prod])]] = True
         changed = False
-        for prod, readers in graph.readers.items():
-            dead = ~filter_alive(out[prod])
-            if not dead.any():
-                continue
-            for r in readers:
-                m = out[r]
-                if m.shape[-2] != dead.size:   # a reader that sees another layout
-                    continue
-                if m[..., dead, :].any():
-                    m[..., dead, :] = False
-                    changed = True
-    return out
+        for r in {r for rs in graph.readers.values() for r in rs}:
+            rows = dead[graph.in_groups[r]]
+            m = out[r]
+            if rows.any() and m[..., rows, :].any():
+                m[..., rows, :] = False
+                changed = True
+        if not changed:
+            return out
 
 
 def structured_allowed(cfg_fraction: float, kernels: dict[str, np.ndarray], masks: magnitude.Masks,
