@@ -36,7 +36,7 @@ def schedule(cfg: Config, start: float, end: float, steps: int) -> sparsity.Prun
     """tfmot's PolynomialDecay from `start` to `end` over the first `ramp_fraction` of the level.
 
     tfmot reaches `final_sparsity` only on a step that is a multiple of `frequency`, so the ramp
-    length is rounded to one; a level too short to ramp is finished by `_finish`.
+    length is rounded to one; a level too short to ramp is finished by `magnitude.finish_mask`.
     """
     if cfg.lottery.schedule == "oneshot" or end <= start:
         return FixedMask(end)
@@ -51,7 +51,14 @@ def wrap(model: keras.Model, schedules: dict[str, sparsity.PruningSchedule]) -> 
     """tfmot wrappers on the layers in `schedules`; weights stay shared with `model`."""
     def clone(layer):
         if layer.name in schedules:
-            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedules[layer.name])
+            w = sparsity.prune_low_magnitude(layer, pruning_schedule=schedules[layer.name])
+            # tf_keras runs a non-Keras layer's `call` through AutoGraph, and AutoGraph
+            # re-converts tfmot's mask update (nested closures around tf.cond) from source for
+            # every wrapper at every trace: most of a sparse level's start-up (vgg_small, load
+            # ~10: the first fit 40 s against 10 s dense). tfmot's code is graph code
+            # (smart_cond/tf.cond), so it runs unconverted: the same graph, traced in a blink.
+            w.call = tf.autograph.experimental.do_not_convert(w.call)
+            return w
         return layer
     return keras.models.clone_model(model, clone_function=clone)
 
@@ -98,10 +105,11 @@ class KeepPruned(keras.callbacks.Callback):
         def and_masks():
             for _, mask, keep in triples:
                 mask.assign(mask * keep)
-        self._begin, self._end = zero_disallowed, and_masks
+        # As hooks of the train step itself (`steps.HookedModel`): no Python between batches.
+        self.zero_disallowed, self.and_masks = zero_disallowed, and_masks
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._begin()
+        self.zero_disallowed()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._end()
+        self.and_masks()
