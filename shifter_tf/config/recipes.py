@@ -15,6 +15,7 @@ from typing import Any
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"structure": "none", "filter_fraction": 0.2, "rewind": "weights"},
     "structured": {"structure": "filters", "filter_fraction": 0.15, "rewind": "lr"},
+    "cheap": {"structure": "filters", "filter_fraction": 0.15, "rewind": "lr", "budget": 3.0},
 }
 DEFAULT_RECIPE = "structured"   # what `shifter_tf.train_portfolio` uses without a config
 
