@@ -94,6 +94,10 @@ class LotteryConfig:
     # level that fits (see `lottery_epochs`).
     level_epochs: Optional[int] = None
     budget: Optional[float] = None
+    # A short level's LR: `tail` (the last level_epochs epochs of train's schedule: LR rewinding,
+    # Renda et al. 2020) or `scaled` (the whole schedule compressed); default tail with
+    # rewind: lr, scaled with rewind: weights (θ_k needs the whole cycle).
+    level_lr: Optional[str] = None
     structure: str = _PAPER["structure"]   # none (the paper's plain IMP) | filters
     filter_fraction: float = _PAPER["filter_fraction"]   # structure=filters: per level
     gamma_l1: float = 0.0            # L1 penalty on BN γ during training (network slimming)
@@ -204,6 +208,11 @@ def lottery_epochs(cfg: Config) -> LotteryEpochs:
     return LotteryEpochs(dense, cfg.train.epochs if level is None else level, lt.levels)
 
 
+def level_lr(lt: LotteryConfig) -> str:
+    """`lottery.level_lr`, or its default for the rewind mode."""
+    return lt.level_lr or ("tail" if lt.rewind == "lr" else "scaled")
+
+
 def _check(value: Any, tp: Any, where: str) -> Any:
     """Return `value` converted to `tp`, or raise ConfigError naming `where`."""
     origin = typing.get_origin(tp)
@@ -310,6 +319,12 @@ def _validate(cfg: Config, source: str) -> None:
         bad("lottery.level_epochs", f"must be >= 1, got {lt.level_epochs}")
     if lt.budget is not None:
         _validate_budget(cfg, bad)
+    if lt.level_lr not in (None, "tail", "scaled"):
+        bad("lottery.level_lr", f"must be tail or scaled, got {lt.level_lr!r}")
+    if level_lr(lt) == "tail" and lottery_epochs(cfg).level > cfg.train.epochs:
+        bad("lottery.level_lr", f"tail: a level of {lottery_epochs(cfg).level} epochs is longer "
+                                f"than the schedule (train.epochs {cfg.train.epochs}); use "
+                                "level_lr: scaled or shorter levels")
     if lt.rewind not in ("weights", "lr"):
         bad("lottery.rewind", f"must be weights or lr, got {lt.rewind!r}")
     if lt.structure not in ("none", "filters"):

@@ -34,7 +34,8 @@ from shifter_tf.train import structure
 from shifter_tf.train import wrappers
 from shifter_tf.train import engine
 from shifter_tf.train import steps as steps_
-from shifter_tf.config.schema import Config, load_config, lottery_epochs, save_config
+from shifter_tf.config.schema import (Config, level_lr, load_config, lottery_epochs,
+                                       save_config)
 from shifter_tf.errors import ConfigError
 from shifter_tf.data.sets import Dataset, Normalization, model_normalizes
 from shifter_tf.data.loaders import load_dataset
@@ -212,12 +213,15 @@ def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
 
 
 def level_recipe(cfg: Config, level: int):
-    """The training recipe of one level: `train` stretched to the level's epochs
-    (`lottery.dense_epochs` for level 0, `lottery.level_epochs` or the `budget`'s share for the
-    others; warm-up and milestones scaled with them, so a short level runs the whole LR cycle,
-    compressed: learning-rate rewinding with a scaled schedule)."""
+    """The training recipe of one level: level 0 `train` stretched to `lottery.dense_epochs`;
+    a sparse level of `lottery.level_epochs` (or the `budget`'s share) runs the tail of the
+    schedule (LR rewinding, Renda et al.) or all of it compressed (`lottery.level_lr`)."""
     ep = lottery_epochs(cfg)
-    return engine.scaled(cfg.train, ep.dense if level == 0 else ep.level)
+    if level == 0:
+        return engine.scaled(cfg.train, ep.dense)
+    if level_lr(cfg.lottery) == "tail":
+        return engine.tail(cfg.train, ep.level)
+    return engine.scaled(cfg.train, ep.level)
 
 
 @dataclass
