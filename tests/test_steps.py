@@ -94,3 +94,34 @@ def test_cheap_schedule_trains_short_levels_at_the_expected_densities(tmp_path, 
     for prev, cur in zip(masks, masks[1:]):
         assert all(not (cur[n] & ~prev[n]).any() for n in cur)   # monotone
     assert steps > 4
+
+
+@pytest.mark.parametrize("lot", [FILTERS, {**FILTERS, "structure": "none", "rewind": "weights",
+                                           "schedule": "oneshot"}],
+                         ids=["filters_lr_polynomial", "plain_weights_oneshot"])
+def test_reused_trainer_trains_levels_as_rebuilt_ones(lot, mnist_tiny):
+    """Levels 1 and 2 on one compiled SparseTrainer (what run_lottery does) against each level
+    built and traced anew: the same masks and weights, bit for bit, and one trace."""
+    from shifter_tf.train.trainer import SparseTrainer
+    cfg = tiny_config(lottery=lot)
+    strategy = tf.distribute.get_strategy()
+    runs = {}
+    for cache in (None, {}):
+        model, masks, _, rewind = lottery.train_level(cfg, mnist_tiny, 0, None, None, None,
+                                                      strategy, cache=cache)
+        out = []
+        for level in (1, 2):
+            model, masks, r, _ = lottery.train_level(cfg, mnist_tiny, level, rewind, model,
+                                                     masks, strategy, cache=cache)
+            out.append((lottery.get_weights(model), masks, r))
+        runs[cache is None] = out
+        if cache is not None:
+            t = cache["trainer"]
+            assert isinstance(t, SparseTrainer)
+            assert t.fit_model.train_function.experimental_get_tracing_count() <= 2
+    for (w_new, m_new, r_new), (w_re, m_re, r_re) in zip(runs[True], runs[False]):
+        assert r_new.density == r_re.density and r_new.killed_filters == r_re.killed_filters
+        for k in m_new:
+            np.testing.assert_array_equal(m_new[k], m_re[k], err_msg=k)
+        for k in w_new:
+            np.testing.assert_array_equal(w_new[k], w_re[k], err_msg=k)

@@ -34,6 +34,7 @@ from shifter_tf.train import structure
 from shifter_tf.train import wrappers
 from shifter_tf.train import engine
 from shifter_tf.train import steps as steps_
+from shifter_tf.train.trainer import SparseTrainer
 from shifter_tf.config.schema import (Config, level_lr, load_config, lottery_epochs,
                                        save_config)
 from shifter_tf.errors import ConfigError
@@ -157,18 +158,6 @@ class CaptureRewind(keras.callbacks.Callback):
 
 
 # ---------------------------------------------------------------- one level
-def _stats(model: keras.Model, names: list[str], masks: magnitude.Masks) -> dict:
-    layers = {l.name: l for l in iter_layers(model)}
-    zf, nf, ld = {}, {}, {}
-    for n in names:
-        k = magnitude.kernel_variable(layers[n]).numpy()
-        dw = isinstance(layers[n], keras.layers.DepthwiseConv2D)
-        zf[n] = magnitude.zero_filters(k, dw)
-        nf[n] = int(k.shape[-2] * k.shape[-1]) if dw else int(k.shape[-1])
-        ld[n] = float(masks[n].mean())
-    return {"zero_filters": zf, "filters": nf, "layer_density": ld}
-
-
 def rewind_step(cfg: Config, data: Dataset) -> int:
     lt = cfg.lottery
     if lt.rewind_iterations is not None:
@@ -179,7 +168,8 @@ def rewind_step(cfg: Config, data: Dataset) -> int:
 
 
 def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
-                  rewind: dict, prev_model: keras.Model, prev_masks: magnitude.Masks, steps: int
+                  rewind: dict, prev_model: keras.Model, prev_masks: magnitude.Masks, steps: int,
+                  trainer: Optional[SparseTrainer] = None
                   ) -> tuple[keras.Model, magnitude.Masks, float, magnitude.Masks, dict]:
     """Allocate level `level`'s masks globally, rewind `model` to θ_k and wrap it with tfmot.
 
@@ -205,6 +195,9 @@ def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
     # (Renda et al. 2020): they keep the values the previous level trained, the LR schedule
     # restarts. Either way the masks, not the weights, are what a level inherits.
     set_weights(model, rewind if cfg.lottery.rewind == "weights" else get_weights(prev_model))
+    if trainer is not None:       # `model` is the trainer's: assign the level, trace nothing
+        trainer.start_level(allowed, new_masks, steps)
+        return trainer.wrapped, new_masks, threshold, allowed, killed
     schedules = {n: wrappers.schedule(cfg, 1.0 - float(allowed[n].mean()),
                               1.0 - float(new_masks[n].mean()), steps) for n in names}
     wrapped = wrappers.wrap(model, schedules)
@@ -245,19 +238,25 @@ class LevelSetup:
 
 def setup_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 prev_model: Optional[keras.Model], prev_masks: Optional[magnitude.Masks],
-                strategy: tf.distribute.Strategy, hooks_in_step: bool = True) -> LevelSetup:
-    """Build, wrap and compile one level. A sparse level's per-step holding (KeepPruned, dead
-    channels) runs inside the train step (`steps.HookedModel`); `hooks_in_step=False` runs it
-    as per-batch callbacks instead, as before (same values; kept for the step benchmark and the
-    test that proves the two equal)."""
+                strategy: tf.distribute.Strategy, hooks_in_step: bool = True,
+                cache: Optional[dict] = None) -> LevelSetup:
+    """Build, wrap and compile one level. A sparse level's per-step holding runs inside the
+    train step (`steps.HookedModel`; `hooks_in_step=False`: per-batch callbacks, as before, for
+    the step benchmark and the test that proves both equal). With a `cache` (a dict the run
+    keeps), sparse levels reuse one compiled `trainer.SparseTrainer` instead of a new trace."""
     keras.utils.set_random_seed(cfg.seed + level)
     recipe = level_recipe(cfg, level)
-    steps = engine.steps_per_epoch(data, recipe.batch_size) * recipe.epochs
+    spe = engine.steps_per_epoch(data, recipe.batch_size)
+    steps = spe * recipe.epochs
+    reuse = level > 0 and cache is not None and hooks_in_step and SparseTrainer.supports(cfg)
+    trainer = cache.get("trainer") if reuse else None
     with strategy.scope():
-        model = make_model(cfg, data)
+        model = trainer.model if trainer and trainer.matches(recipe, spe) else make_model(cfg, data)
         names = magnitude.prunable_layers(model, cfg.lottery.exclude_classifier,
                                   cfg.lottery.exclude_layers)
         s = LevelSetup(level, recipe, names, model, model, model, [], {}, rewind=rewind)
+        if reuse and (trainer is None or trainer.model is not model):
+            trainer = cache["trainer"] = SparseTrainer(cfg, model, names, recipe, spe, strategy)
         if level == 0:
             s.new_masks = {n: np.ones(w.shape, bool)
                            for n, w in magnitude.kernels(model, names).items()}
@@ -269,34 +268,37 @@ def setup_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 s.callbacks.append(s.capture)
         else:
             s.trained, s.new_masks, s.threshold, s.allowed, s.killed = prepare_level(
-                cfg, model, names, level, rewind, prev_model, prev_masks, steps)
+                cfg, model, names, level, rewind, prev_model, prev_masks, steps, trainer)
+            s.callbacks.append(sparsity.UpdatePruningStep())
+            if trainer is not None:
+                s.fit_model = trainer.fit_model       # compiled already
+                return s
             keep = wrappers.KeepPruned(s.trained, s.allowed)
             hold = None
             if cfg.lottery.structure == "filters":
                 dead = {n: ~structure.filter_alive(m) for n, m in s.allowed.items()}
                 hold = structure.HoldDeadChannels(structure.hold_pairs(model, dead))
-            s.callbacks.append(sparsity.UpdatePruningStep())
             if hooks_in_step:
                 if hold is not None:
                     hold.hold()   # its on_train_begin
                 s.fit_model = steps_.hooked(s.trained, begin=[keep.zero_disallowed],
                                             end=[keep.and_masks] + ([hold.hold] if hold else []))
             else:
-                s.fit_model = s.trained
                 s.callbacks += [keep] + ([hold] if hold else [])
         if cfg.lottery.gamma_l1:
             s.fit_model.add_loss(structure.gamma_l1_loss(model, cfg.lottery.gamma_l1))
-        engine.compile_model(s.fit_model, recipe, engine.steps_per_epoch(data, recipe.batch_size))
+        engine.compile_model(s.fit_model, recipe, spe)
     return s
 
 
 def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 prev_model: Optional[keras.Model], prev_masks: Optional[magnitude.Masks],
                 strategy: tf.distribute.Strategy, user_callbacks: Sequence = (),
-                hooks_in_step: bool = True
+                hooks_in_step: bool = True, cache: Optional[dict] = None
                 ) -> tuple[keras.Model, magnitude.Masks, LevelResult, Optional[dict]]:
     """Train one IMP level; returns the stripped model, its masks, metrics and θ_k (level 0)."""
-    s = setup_level(cfg, data, level, rewind, prev_model, prev_masks, strategy, hooks_in_step)
+    s = setup_level(cfg, data, level, rewind, prev_model, prev_masks, strategy, hooks_in_step,
+                    cache)
     target = (1.0 - cfg.lottery.prune_fraction) ** level
     fit = engine.fit(s.fit_model, data, s.recipe, seed=cfg.seed + level,
                      what=f"level {level} (density {target:.4f})",
@@ -311,7 +313,8 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
             weight.assign(weight * mask)
         masks = {n: w.pruning_vars[0][1].numpy().astype(bool)
                  for n, w in wrappers.wrappers(s.trained).items()}
-        model = sparsity.strip_pruning(s.trained)
+        t = (cache or {}).get("trainer")
+        model = t.stripped() if t and t.wrapped is s.trained else sparsity.strip_pruning(s.trained)
     if s.capture is not None:
         if s.capture.weights is None:
             raise ConfigError(f"lottery.rewind: rewind point {rewind_step(cfg, data)} iterations "
@@ -325,7 +328,7 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
         threshold=s.threshold,
         allocated={n: int(m.sum()) for n, m in s.new_masks.items()}, killed_filters=s.killed,
         history={k: [float(v) for v in vs] for k, vs in fit.history.items()},
-        **_stats(model, s.names, masks))
+        **magnitude.layer_stats(model, s.names, masks))
     return model, masks, result, rewind
 
 
@@ -387,9 +390,10 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
     first = (done[-1] + 1) if done else 0
     bar = tqdm(range(first, cfg.lottery.levels + 1), desc="IMP levels", unit="level",
                initial=first, total=cfg.lottery.levels + 1, disable=not progress)
+    cache: dict = {}       # the sparse levels' compiled trainer, reused (trainer.py)
     for level in bar:
         model, masks, result, rewind = train_level(cfg, data, level, rewind, prev_model,
-                                                   prev_masks, strategy, callbacks)
+                                                   prev_masks, strategy, callbacks, cache=cache)
         cluster.check_identical(strategy, f"level {level}", masks=masks, threshold=result.threshold)
         if level == 0:
             save_weights(run / "rewind.npz", rewind)

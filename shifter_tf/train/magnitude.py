@@ -122,6 +122,19 @@ def zero_filters(kernel: np.ndarray, depthwise: bool = False) -> int:
     return int((~cols.any(axis=0)).sum())
 
 
+def layer_stats(model: keras.Model, names: list[str], masks: Masks) -> dict:
+    """Per layer: whole filters that are zero, filters, density of the mask."""
+    layers = {l.name: l for l in iter_layers(model)}
+    zf, nf, ld = {}, {}, {}
+    for n in names:
+        k = kernel_variable(layers[n]).numpy()
+        dw = isinstance(layers[n], keras.layers.DepthwiseConv2D)
+        zf[n] = zero_filters(k, dw)
+        nf[n] = int(k.shape[-2] * k.shape[-1]) if dw else int(k.shape[-1])
+        ld[n] = float(masks[n].mean())
+    return {"zero_filters": zf, "filters": nf, "layer_density": ld}
+
+
 def save_masks(path, masks: Masks) -> None:
     from shifter_tf.util.io import atomic_save
     atomic_save(path, lambda p: np.savez_compressed(p, **{k: v for k, v in masks.items()}))

@@ -40,11 +40,16 @@ def schedule(cfg: Config, start: float, end: float, steps: int) -> sparsity.Prun
     """
     if cfg.lottery.schedule == "oneshot" or end <= start:
         return FixedMask(end)
-    freq = max(1, min(cfg.lottery.ramp_frequency, steps // 4))
-    ramp = int(np.ceil(cfg.lottery.ramp_fraction * steps / freq)) * freq
-    ramp = max(freq, min(ramp, (steps - 1) // freq * freq))
+    ramp, freq = ramp_steps(cfg, steps)
     return sparsity.PolynomialDecay(initial_sparsity=start, final_sparsity=end,
                                     begin_step=0, end_step=ramp, frequency=freq)
+
+
+def ramp_steps(cfg: Config, steps: int) -> tuple[int, int]:
+    """(ramp length, update frequency) of a level of `steps` steps."""
+    freq = max(1, min(cfg.lottery.ramp_frequency, steps // 4))
+    ramp = int(np.ceil(cfg.lottery.ramp_fraction * steps / freq)) * freq
+    return max(freq, min(ramp, (steps - 1) // freq * freq)), freq
 
 
 def wrap(model: keras.Model, schedules: dict[str, sparsity.PruningSchedule]) -> keras.Model:
@@ -89,8 +94,10 @@ class KeepPruned(keras.callbacks.Callback):
 
     def __init__(self, wrapped: keras.Model, allowed: magnitude.Masks):
         super().__init__()
-        triples = [(w.pruning_vars[0][0], w.pruning_vars[0][1],
-                    tf.constant(allowed[n].astype(np.float32)))
+        # variables, not constants: a reused trained step takes the next level's set
+        self.allowed = {n: tf.Variable(allowed[n].astype(np.float32), trainable=False)
+                        for n in wrappers(wrapped)}
+        triples = [(w.pruning_vars[0][0], w.pruning_vars[0][1], self.allowed[n])
                    for n, w in wrappers(wrapped).items()]
 
         # One traced function per hook instead of eager ops per layer per batch: both hooks
@@ -107,6 +114,10 @@ class KeepPruned(keras.callbacks.Callback):
                 mask.assign(mask * keep)
         # As hooks of the train step itself (`steps.HookedModel`): no Python between batches.
         self.zero_disallowed, self.and_masks = zero_disallowed, and_masks
+
+    def set_allowed(self, allowed: magnitude.Masks) -> None:
+        for n, v in self.allowed.items():
+            v.assign(allowed[n].astype(np.float32))
 
     def on_train_batch_begin(self, batch, logs=None):
         self.zero_disallowed()
