@@ -240,22 +240,23 @@ def setup_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 prev_model: Optional[keras.Model], prev_masks: Optional[magnitude.Masks],
                 strategy: tf.distribute.Strategy, hooks_in_step: bool = True,
                 cache: Optional[dict] = None) -> LevelSetup:
-    """Build, wrap and compile one level. A sparse level's per-step holding runs inside the
-    train step (`steps.HookedModel`; `hooks_in_step=False`: per-batch callbacks, as before, for
-    the step benchmark and the test that proves both equal). With a `cache` (a dict the run
-    keeps), sparse levels reuse one compiled `trainer.SparseTrainer` instead of a new trace."""
-    keras.utils.set_random_seed(cfg.seed + level)
+    """Build, wrap and compile one level; sparse holding runs in the train step (`steps`; not
+    with `hooks_in_step=False`), and with a `cache` (a dict the run keeps) sparse levels reuse
+    one compiled `trainer.SparseTrainer` instead of tracing a new step."""
     recipe = level_recipe(cfg, level)
     spe = engine.steps_per_epoch(data, recipe.batch_size)
     steps = spe * recipe.epochs
     reuse = level > 0 and cache is not None and hooks_in_step and SparseTrainer.supports(cfg)
     trainer = cache.get("trainer") if reuse else None
+    trainer = trainer if trainer and trainer.matches(recipe, spe) else None
+    if trainer is None:   # (reused: nothing random is built; a reseed clears TF's kernel cache)
+        keras.utils.set_random_seed(cfg.seed + level)
     with strategy.scope():
-        model = trainer.model if trainer and trainer.matches(recipe, spe) else make_model(cfg, data)
+        model = trainer.model if trainer else make_model(cfg, data)
         names = magnitude.prunable_layers(model, cfg.lottery.exclude_classifier,
                                   cfg.lottery.exclude_layers)
         s = LevelSetup(level, recipe, names, model, model, model, [], {}, rewind=rewind)
-        if reuse and (trainer is None or trainer.model is not model):
+        if reuse and trainer is None:
             trainer = cache["trainer"] = SparseTrainer(cfg, model, names, recipe, spe, strategy)
         if level == 0:
             s.new_masks = {n: np.ones(w.shape, bool)

@@ -1,29 +1,34 @@
-"""Seconds per training step: a dense level (level 0) against a sparse level, interleaved.
+"""Seconds per training step: a dense level (level 0) against a sparse level, interleaved, and
+what it costs to start a level.
 
     .venv/bin/python -m tools.bench.step_time [--config C] [--level 3] [--out bench]
 
 Every arm is built by the training code itself (`lottery.setup_level`) and trained with Keras'
 `fit` on the **same batch**, repeated, with the callbacks a level trains with (engine.fit's
-NaN guard included). Arms:
-- `dense`: level 0;
-- `sparse`: a level >= 1 as it trains now (tfmot wrappers; KeepPruned and the dead-channel hold
-  run inside the train step, `steps.HookedModel`);
-- `sparse_callbacks`: the same level with KeepPruned / HoldDeadChannels as per-batch Keras
-  callbacks (how levels trained before);
-- `sparse_tfmot_only`: the wrapped model with tfmot's own callback only (what tfmot alone costs).
-Each round runs every arm once (order rotated by one each round) for `--steps` steps and keeps
-the median step time; a ratio is arm / dense within one round, so load from other processes
-hits both sides alike; the reported ratio is the median over rounds.
+NaN guard included).
 
-Also the fixed cost of starting a level, alternated dense / sparse `--setups` times: build,
-wrap and compile (`setup_s`), and the first `fit` call, which traces the train step
-(`first_fit_s`, 2 steps).
+Steady state, per step (`--rounds` rounds; each runs every arm for `--steps` steps, order
+rotated by one each round, and keeps the median step; a ratio is arm / dense within one round,
+so load from other processes hits both sides alike; reported: the median over rounds):
+- `dense`: level 0;
+- `sparse`: a level >= 1 as it trains now: the run's reused `trainer.SparseTrainer`, tfmot's
+  wrappers, KeepPruned and the dead-channel hold inside the train step (`steps.HookedModel`);
+- `sparse_callbacks`: KeepPruned / HoldDeadChannels as per-batch Keras callbacks (as before);
+- `sparse_tfmot_only`: the wrapped model with tfmot's own callback only.
+
+Starting a level (`--setups` times each, alternated): build/wrap/compile or reuse (`setup_s`)
+and the first `fit` call of 2 steps, which traces the train step (`first_fit_s`):
+- `dense`: level 0;
+- `sparse_before`: a sparse level as levels started before this benchmark's fixes: rebuilt,
+  per-batch callbacks, tfmot's wrappers converted by AutoGraph at every trace;
+- `sparse_rebuilt`: rebuilt with the fixes (a resumed run's first sparse level);
+- `sparse_reused`: the run's SparseTrainer taking the next level (every other sparse level).
 
 The previous level is the dense model at initialisation with every weight allowed (or a trained
 run's level L-1 with `--run`): a level's step costs the same whatever its masks hold, since
 tfmot multiplies by the mask instead of skipping zeros.
 
-Writes OUT/raw/step_time.json and OUT/STEP_TIME.md, and prints the table.
+Writes OUT/raw/step_time.json and OUT/STEP_TIME.md, and prints the tables.
 """
 from __future__ import annotations
 
@@ -40,13 +45,14 @@ from tools.bench.common import DEFAULT_CONFIG, logger
 
 log = logger("step_time")
 ARMS = ("dense", "sparse", "sparse_callbacks", "sparse_tfmot_only")
+STARTS = ("dense", "sparse_before", "sparse_rebuilt", "sparse_reused")
 
 
-def _setups(cfg, data, level: int, run):
-    """{arm: (setup, callbacks)} built by the training code."""
+def _builder(cfg, data, level: int, run):
+    """build(arm) -> (LevelSetup, seconds to set it up), by the training code."""
     import numpy as np
     import tensorflow as tf
-    from shifter_tf.train import lottery, magnitude
+    from shifter_tf.train import lottery, magnitude, wrappers
 
     strategy = tf.distribute.get_strategy()
     if run is not None:
@@ -59,18 +65,28 @@ def _setups(cfg, data, level: int, run):
                                           cfg.lottery.exclude_layers)
         masks = {n: np.ones(k.shape, bool) for n, k in magnitude.kernels(prev, names).items()}
         rewind = lottery.get_weights(prev)
+    caches: dict = {}
 
     def build(arm):
         t = time.perf_counter()
         if arm == "dense":
             s = lottery.setup_level(cfg, data, 0, None, None, None, strategy)
             s.callbacks = [c for c in s.callbacks if not isinstance(c, lottery.CaptureRewind)]
+            return s, time.perf_counter() - t
+        if arm in ("sparse", "sparse_reused"):
+            cache = caches.setdefault(arm, {})
         else:
-            s = lottery.setup_level(cfg, data, level, rewind, prev, masks, strategy,
-                                    hooks_in_step=arm == "sparse")
-            if arm == "sparse_tfmot_only":
-                s.callbacks = s.callbacks[:1]        # UpdatePruningStep
-        return s, time.perf_counter() - t
+            cache = None
+        s = lottery.setup_level(cfg, data, level, rewind, prev, masks, strategy,
+                                hooks_in_step=arm not in ("sparse_callbacks", "sparse_before"),
+                                cache=cache)
+        seconds = time.perf_counter() - t
+        if arm == "sparse_before":          # tfmot's call converted by AutoGraph again
+            for w in wrappers.wrappers(s.trained).values():
+                del w.call
+        if arm == "sparse_tfmot_only":
+            s.callbacks = s.callbacks[:1]        # UpdatePruningStep
+        return s, seconds
     return build
 
 
@@ -129,19 +145,22 @@ def main(argv=None) -> int:
     x, y = data.normalized("train")
     bs = cfg.train.batch_size
     batch = (tf.constant(x[:bs]), tf.constant(y[:bs]))
-    build = _setups(cfg, data, args.level, args.run)
+    build = _builder(cfg, data, args.level, args.run)
     load0 = os.getloadavg()
 
-    # fixed cost of a level start, alternated
-    fixed = {a: {"setup_s": [], "first_fit_s": []} for a in ("dense", "sparse")}
+    # starting a level, alternated; the reused trainer has trained (traced) once before
+    warm, _ = build("sparse_reused")
+    _fit(warm, batch, 1)
+    fixed = {a: {"setup_s": [], "first_fit_s": []} for a in STARTS}
     for i in range(args.setups):
-        for arm in (("dense", "sparse") if i % 2 == 0 else ("sparse", "dense")):
+        for arm in STARTS[i % len(STARTS):] + STARTS[:i % len(STARTS)]:
             s, setup_s = build(arm)
             t = time.perf_counter()
             _fit(s, batch, 1)
             fixed[arm]["setup_s"].append(setup_s)
             fixed[arm]["first_fit_s"].append(time.perf_counter() - t)
-            log(f"start {arm}: setup {setup_s:.2f} s, first fit {fixed[arm]['first_fit_s'][-1]:.2f} s")
+            log(f"start {arm}: setup {setup_s:.2f} s, first fit "
+                f"{fixed[arm]['first_fit_s'][-1]:.2f} s")
 
     # steady state, interleaved
     arms = {a: build(a)[0] for a in args.arms}
@@ -167,28 +186,35 @@ def main(argv=None) -> int:
                        "median_step_ms": 1e3 * statistics.median(per_round[a]),
                        "ratio_vs_dense": {"median": statistics.median(ratios),
                                           "q25": q(ratios, 0.25), "q75": q(ratios, 0.75)}}
-        if a in fixed:
-            doc_arms[a].update({k: statistics.median(v) for k, v in fixed[a].items()})
-            doc_arms[a].update({f"{k}_all": v for k, v in fixed[a].items()})
         d = doc_arms[a]
         rows.append([a, f"{d['median_step_ms']:.1f}", f"{d['ratio_vs_dense']['median']:.3f}",
-                     f"{d['ratio_vs_dense']['q25']:.3f}–{d['ratio_vs_dense']['q75']:.3f}",
-                     f"{d['setup_s']:.2f}" if "setup_s" in d else "",
-                     f"{d['first_fit_s']:.2f}" if "first_fit_s" in d else ""])
+                     f"{d['ratio_vs_dense']['q25']:.3f}–{d['ratio_vs_dense']['q75']:.3f}"])
+    starts, start_rows = {}, []
+    for a, v in fixed.items():
+        starts[a] = {**{k: statistics.median(x) for k, x in v.items()},
+                     **{f"{k}_all": x for k, x in v.items()}}
+        total = starts[a]["setup_s"] + starts[a]["first_fit_s"]
+        dense_total = statistics.median(fixed["dense"]["setup_s"]) + statistics.median(
+            fixed["dense"]["first_fit_s"])
+        start_rows.append([a, f"{starts[a]['setup_s']:.2f}", f"{starts[a]['first_fit_s']:.2f}",
+                           f"{total:.2f}", f"{total / dense_total:.2f}"])
     doc = {"config": args.config, "sets": args.set, "level": args.level, "run": args.run,
            "batch_size": bs, "steps": args.steps, "rounds": args.rounds,
            "machine": {"cpus": os.cpu_count(), "processor": platform.processor()
                        or platform.machine(), "loadavg_start": load0, "loadavg_end": load1},
-           "arms": doc_arms}
+           "arms": doc_arms, "starts": starts}
     out = Path(args.out)
     atomic_write_json(out / "raw" / "step_time.json", doc)
     table = markdown_table(["arm", "ms / step (median)", "× dense (median of rounds)",
-                            "IQR", "level setup s", "first fit s (trace)"], rows, "lrrrrr")
+                            "IQR"], rows, "lrrr")
+    start_table = markdown_table(["level start", "setup s", "first fit s (2 steps, trace)",
+                                  "total s", "× dense"], start_rows, "lrrrr")
     text = (f"# Training step time, dense vs sparse level\n\n`python -m tools.bench.step_time "
-            f"--config {args.config} --level {args.level}`: batch {bs}, {args.steps} steps per "
-            f"arm per round, {args.rounds} rounds interleaved; load average "
+            f"--config {args.config} --level {args.level}`: batch {bs}; load average "
             f"{load0[0]:.1f} at start, {load1[0]:.1f} at end ({os.cpu_count()} CPUs).\n\n"
-            f"{table}\n")
+            f"Per step, {args.steps} steps per arm per round, {args.rounds} rounds "
+            f"interleaved:\n\n{table}\n\nStarting a level, median of {args.setups}, "
+            f"alternated:\n\n{start_table}\n")
     atomic_write_text(out / "STEP_TIME.md", text)
     print(text)
     return 0
