@@ -120,12 +120,21 @@ def arm_points(cfg_path: str, out: Path, name: str, sets: list[str], kind: str =
     return portfolio_points(folder, f"{kind}:{name}", kinds=("pruned",))
 
 
+# The 12x recipe as the embedded default ran it before `cheap`: `structured` over 11 levels of 30 %.
+TWELVE_X = {"levels": 11, "prune_fraction": 0.3, "target_density": 0.02}
+
+
 def other_recipes(cfg) -> list[str]:
-    """The default `--recipes`: the named recipe the config does not use, cheap or 12x."""
+    """The default `--recipes`: the one of `cheap` (<= 3x) and the 12x `structured` the config
+    does not run, every key it sets given explicitly (a config's own keys win over a recipe)."""
+    from shifter_tf.config.recipes import RECIPES
     if cfg.lottery.recipe == "cheap" or cfg.lottery.budget is not None:
-        return ["structured_12x=lottery.recipe=structured,lottery.budget=null,"
-                "lottery.level_epochs=null"]
-    return ["cheap=lottery.recipe=cheap,lottery.budget=3,lottery.level_epochs=null"]
+        name, keys = "structured_12x", {**RECIPES["structured"], **TWELVE_X, "budget": None}
+    else:
+        name, keys = "cheap", {**RECIPES["cheap"], "target_density": None}
+    keys = {"recipe": name.split("_")[0], **keys, "level_epochs": None}
+    return [name + "=" + ",".join(f"lottery.{k}={'null' if v is None else v}"
+                                  for k, v in keys.items())]
 
 
 def level_rows(run: Path) -> list[dict]:
@@ -193,6 +202,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", nargs="*", default=None,
                     help="other recipes, side by side: NAME=KEY=VALUE[,KEY=VALUE...] "
                          "(default: 12x structured or cheap, whichever the config is not)")
+    ap.add_argument("--baseline-epochs", type=int, nargs="*", default=None,
+                    help="train the width baselines for these epoch counts only (default: one "
+                         "training's and each compared run's total)")
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=["baselines", "long", "tfmot", "pai", "mct", "arms", "recipes"])
@@ -224,6 +236,7 @@ def main(argv=None) -> int:
     if "baselines" not in args.skip:
         totals = {run_epochs, *(r["epochs"] for r in recipes.values())}
         epochs = [level_epochs] + ([] if "long" in args.skip else sorted(totals))
+        epochs = args.baseline_epochs if args.baseline_epochs is not None else epochs
         log(f"baselines: widths {WIDTHS} at {epochs} epochs")
         points += baseline_points(args.config, out / "pareto", epochs)
     if "tfmot" not in args.skip:
