@@ -125,3 +125,27 @@ def test_pareto_coverage_and_report(tmp_path):
     assert "Not covered: baseline/w0.25_e6" in text and "Not covered: mct/x" in text
     assert "| 3 | 0.300 | 0.976 / 12 / 2.50× | 0.970 / 0 / floor |" in text
     assert (tmp_path / "plots" / "pareto.png").stat().st_size > 0
+
+
+def test_pareto_recipes_side_by_side(tmp_path):
+    pt = lambda i, src, kind, acc, ms, level=None, epochs=None: {  # noqa: E731
+        "id": i, "source": src, "kind": kind, "accuracy": acc, "ms": ms, "level": level,
+        "speedup": 0.1 / ms, "bytes": 1000, "params": 10, "macs": 2e6, "epochs": epochs,
+        "train_s": 1.0}
+    dense = pt("portfolio/L00-dense-fp32", "portfolio", "dense", 0.98, 0.1, 0, 6)
+    cheap = pt("portfolio/L04-pruned-fp32", "portfolio", "pruned", 0.975, 0.04, 4, 10)
+    long_ = pt("recipe:structured_12x/L05-pruned-fp32", "recipe:structured_12x", "pruned",
+               0.982, 0.03, 5, 36)
+    base = pt("baseline/w0.5_e17", "baseline_e17", "dense", 0.974, 0.042, None, 17)
+    doc = {"points": [dense, cheap, long_, base], "level_epochs": 6, "run_epochs": 17,
+           "test_size": 1000, "dense": dense["id"], "recipe": "cheap",
+           "run_cost": {"epochs": 17, "train_s": 40.0, "levels": 11},
+           "recipes": {"structured_12x": {"sets": "lottery.recipe=structured", "epochs": 72,
+                                          "train_s": 150.0, "levels": 11, "levels_rows": []}}}
+    text = report.render_pareto(doc, tmp_path)
+    assert "### Recipes side by side" in text
+    assert "| portfolio (`cheap`) | 11 | 17 | 2.8× | 40.0 | 1 | L04: 0.975 at 2.50× | 1 of 1 |" \
+        in text
+    assert "| structured_12x (`lottery.recipe=structured`) | 11 | 72 | 12.0× | 150.0 | 1 | " \
+           "L05: 0.982 at 3.33× | 1 of 1 |" in text
+    assert "| 2.00 | 10 | 1.0 |" in text         # MMACs, epochs, train s of a point

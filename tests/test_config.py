@@ -79,3 +79,50 @@ def test_round_trip_and_overrides(tmp_path):
     assert cfg.train.epochs == 2 and cfg.lottery.levels == 3
     save_config(cfg, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml") == cfg
+
+
+# ---------------------------------------------------------------- short levels, epoch budget
+def _lottery(**lot):
+    from shifter_tf.config.schema import from_dict
+    return from_dict({"train": {"epochs": 6},
+                      "lottery": {"levels": 11, "prune_fraction": 0.3, **lot}}, "c.yaml")
+
+
+def test_budget_gives_each_level_the_longest_share_that_fits():
+    from shifter_tf.config.schema import lottery_epochs
+    ep = lottery_epochs(_lottery(budget=3))
+    assert (ep.dense, ep.level, ep.total) == (6, 1, 17)            # 6 + 11 x 1 <= 18
+    ep = lottery_epochs(_lottery(budget=3, levels=4))
+    assert (ep.level, ep.total) == (3, 18)
+    ep = lottery_epochs(_lottery(budget=3, dense_epochs=10, levels=5))
+    assert (ep.dense, ep.level, ep.total) == (10, 4, 30)
+    ep = lottery_epochs(_lottery(level_epochs=2))                  # explicit, no budget
+    assert (ep.level, ep.total) == (2, 28)
+    ep = lottery_epochs(_lottery())                                # the 12x default
+    assert (ep.level, ep.total) == (6, 72)
+
+
+def test_named_cheap_recipe_fits_three_dense_trainings():
+    from shifter_tf.config.schema import lottery_epochs
+    cfg = _lottery(recipe="cheap")
+    ep = lottery_epochs(cfg)
+    assert ep.total <= 3 * ep.dense and ep.level >= 1
+    assert cfg.lottery.structure == "filters" and cfg.lottery.rewind == "lr"
+    # a key the config gives wins over the recipe
+    assert lottery_epochs(_lottery(recipe="cheap", budget=None)).total == 72
+
+
+@pytest.mark.parametrize("lot,key,words", [
+    ({"level_epochs": 0}, "lottery.level_epochs", "must be >= 1"),
+    ({"budget": 0.5}, "lottery.budget", "must be >= 1"),
+    ({"budget": 3, "levels": 13}, "lottery.budget",
+     "leave 12 for 13 sparse levels, less than 1 epoch each"),
+    ({"budget": 3, "level_epochs": 2}, "lottery.level_epochs",
+     "6 + 11 levels x 2 epochs = 28 epochs is over lottery.budget's 3 x 6"),
+    ({"budget": "three"}, "lottery.budget", "expected float"),
+])
+def test_short_level_keys_are_checked(lot, key, words):
+    with pytest.raises(ConfigError) as e:
+        _lottery(**lot)
+    assert str(e.value).replace("c.yaml: ", "c.yaml:").startswith(f"c.yaml:{key}: ")
+    assert words in str(e.value)

@@ -5,10 +5,15 @@ come from. A recipe is a set of `lottery:` keys; keys a config gives explicitly 
   recipe; also what a config without `recipe:` gets from the dataclass defaults).
 - `structured`: ours, chosen by the Pareto benchmark (`make bench`, bench/RESULTS.md): the filter
   step (15 % of the surviving filters go at each level, so whole filters die from level 1 on) and
-  learning-rate rewinding (Renda et al., ICLR 2020). The embedded default, the Python API's
-  default and the README's recipe.
+  learning-rate rewinding (Renda et al., ICLR 2020). Every level is a whole training: with the
+  config's 11 levels, 12x the dense model's epochs. The Python API's default.
 - `groups`: `structured` with the group-level step (`train.groups`): whole channel groups of the
   dependency graph die, so residual, inverted-residual and concatenating networks shed width too.
+- `cheap`: `structured`'s mechanisms at most 3x the dense epochs (`budget`), the embedded
+  default: 4 levels of 40 % with 20 % of the filters each, each level the last 2/3 of the
+  schedule (budget 3 leaves 2 dense trainings for 4 levels: 3 of 6 epochs, LR rewinding to
+  epoch 3; `level_lr: tail`), all levels on one compiled model (`train.trainer`). Measured
+  against `structured` and width baselines at equal epochs in bench/PARETO.md.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from typing import Any
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"structure": "none", "filter_fraction": 0.2, "rewind": "weights"},
     "structured": {"structure": "filters", "filter_fraction": 0.15, "rewind": "lr"},
+    "cheap": {"structure": "filters", "filter_fraction": 0.2, "rewind": "lr", "budget": 3.0,
+              "levels": 4, "prune_fraction": 0.4},
     "groups": {"structure": "groups", "filter_fraction": 0.15, "rewind": "lr", "group_cost": 1.0,
                "min_width": 0.1, "min_channels": 4},
 }

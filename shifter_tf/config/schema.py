@@ -88,6 +88,16 @@ class LotteryConfig:
     recipe: str = "paper"            # the named recipe the keys below start from (config.recipes)
     rewind: str = _PAPER["rewind"]   # weights (θ_k, the paper's) | lr (keep weights, restart LR)
     dense_epochs: Optional[int] = None   # level 0's epochs (default train.epochs)
+    # Short levels (the `cheap` recipe): each sparse level trains `level_epochs` (default
+    # train.epochs) with the LR cycle scaled to it; `budget` caps the run's total epochs, dense
+    # level included, at budget x level 0's epochs and, without level_epochs, picks the longest
+    # level that fits (see `lottery_epochs`).
+    level_epochs: Optional[int] = None
+    budget: Optional[float] = None
+    # A short level's LR: `tail` (the last level_epochs epochs of train's schedule: LR rewinding,
+    # Renda et al. 2020) or `scaled` (the whole schedule compressed); default tail with
+    # rewind: lr, scaled with rewind: weights (θ_k needs the whole cycle).
+    level_lr: Optional[str] = None
     structure: str = _PAPER["structure"]   # none (the paper's plain IMP) | filters
     filter_fraction: float = _PAPER["filter_fraction"]   # structure=filters: per level
     # structure=groups (shifter_tf.train.groups): whole channel groups of the rewriter's dependency
@@ -192,6 +202,35 @@ class Config:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class LotteryEpochs:
+    """Training epochs of a lottery run: level 0, each sparse level, and the whole run."""
+    dense: int
+    level: int
+    levels: int
+
+    @property
+    def total(self) -> int:
+        return self.dense + self.level * self.levels
+
+
+def lottery_epochs(cfg: Config) -> LotteryEpochs:
+    """Epochs of level 0 (`lottery.dense_epochs`, else train.epochs) and of each sparse level
+    (`lottery.level_epochs`, else the longest that keeps the total within `lottery.budget` x
+    level 0's epochs, else train.epochs). `_validate` has checked that this is at least 1."""
+    lt = cfg.lottery
+    dense = lt.dense_epochs or cfg.train.epochs
+    level = lt.level_epochs
+    if level is None and lt.budget is not None and lt.levels > 0:
+        level = int((lt.budget * dense - dense) // lt.levels + 1e-9)
+    return LotteryEpochs(dense, cfg.train.epochs if level is None else level, lt.levels)
+
+
+def level_lr(lt: LotteryConfig) -> str:
+    """`lottery.level_lr`, or its default for the rewind mode."""
+    return lt.level_lr or ("tail" if lt.rewind == "lr" else "scaled")
+
+
 def _check(value: Any, tp: Any, where: str) -> Any:
     """Return `value` converted to `tp`, or raise ConfigError naming `where`."""
     origin = typing.get_origin(tp)
@@ -294,6 +333,16 @@ def _validate(cfg: Config, source: str) -> None:
         bad("lottery.ramp_fraction", f"must be in (0, 1], got {lt.ramp_fraction}")
     if lt.dense_epochs is not None and lt.dense_epochs < 1:
         bad("lottery.dense_epochs", f"must be >= 1, got {lt.dense_epochs}")
+    if lt.level_epochs is not None and lt.level_epochs < 1:
+        bad("lottery.level_epochs", f"must be >= 1, got {lt.level_epochs}")
+    if lt.budget is not None:
+        _validate_budget(cfg, bad)
+    if lt.level_lr not in (None, "tail", "scaled"):
+        bad("lottery.level_lr", f"must be tail or scaled, got {lt.level_lr!r}")
+    if level_lr(lt) == "tail" and lottery_epochs(cfg).level > cfg.train.epochs:
+        bad("lottery.level_lr", f"tail: a level of {lottery_epochs(cfg).level} epochs is longer "
+                                f"than the schedule (train.epochs {cfg.train.epochs}); use "
+                                "level_lr: scaled or shorter levels")
     if lt.rewind not in ("weights", "lr"):
         bad("lottery.rewind", f"must be weights or lr, got {lt.rewind!r}")
     if lt.structure not in ("none", "filters", "groups"):
@@ -345,6 +394,25 @@ def _validate(cfg: Config, source: str) -> None:
     rules.validate_data(cfg.data, bad)
     rules.validate_model(cfg.model, bad)
     validate_pai(cfg.pai, source)
+
+
+def _validate_budget(cfg: Config, bad) -> None:
+    """`lottery.budget` must leave each sparse level at least one epoch."""
+    lt = cfg.lottery
+    if not lt.budget >= 1.0:
+        bad("lottery.budget", f"must be >= 1 (total epochs as a multiple of level 0's), "
+                              f"got {lt.budget}")
+    ep = lottery_epochs(cfg)
+    cap = lt.budget * ep.dense
+    where = f"{lt.budget:g} x {ep.dense} dense epochs = {cap:g} epochs"
+    if lt.level_epochs is None and lt.levels > 0 and ep.level < 1:
+        bad("lottery.budget", f"{where} leave {cap - ep.dense:g} for {lt.levels} sparse levels, "
+                              "less than 1 epoch each; lower lottery.levels or raise the budget")
+    if ep.total > cap + 1e-9:
+        bad("lottery.level_epochs", f"{ep.dense} + {lt.levels} levels x {ep.level} epochs = "
+                                    f"{ep.total} epochs is over lottery.budget's {where}; lower "
+                                    "lottery.level_epochs or lottery.levels, or unset "
+                                    "level_epochs to fit the budget")
 
 
 def validate_pai(s: PaiConfig, source: str) -> None:

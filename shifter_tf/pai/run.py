@@ -33,6 +33,7 @@ from shifter_tf.train.wrappers import FixedMask, assign_masks, wrap, wrappers
 from shifter_tf.pai.reconvene import PaiPlan, prune_at_init
 from shifter_tf.errors import PaiError
 from shifter_tf.pai.settings import PaiConfig, pai_settings, settings_from
+from shifter_tf.train.steps import hooked
 from shifter_tf.train.structure import HoldDeadChannels, hold_pairs
 
 sparsity = tfmot.sparsity.keras
@@ -46,9 +47,11 @@ def train_masked(cfg: Config, data: Dataset, model: keras.Model, plan: PaiPlan, 
     hold = HoldDeadChannels(hold_pairs(model, plan.dead))
     wrapped = wrap(model, schedules)
     assign_masks(wrapped, plan.masks)
-    engine.compile_model(wrapped, cfg.train, engine.steps_per_epoch(data, cfg.train.batch_size))
-    fit = engine.fit(wrapped, data, cfg.train, seed=cfg.seed, what=what,
-                callbacks=[sparsity.UpdatePruningStep(), hold])
+    hold.hold()                      # then after every step, inside the train step
+    fit_model = hooked(wrapped, end=[hold.hold])
+    engine.compile_model(fit_model, cfg.train, engine.steps_per_epoch(data, cfg.train.batch_size))
+    fit = engine.fit(fit_model, data, cfg.train, seed=cfg.seed, what=what,
+                callbacks=[sparsity.UpdatePruningStep()])
     for name, w in wrappers(wrapped).items():
         if not np.array_equal(w.pruning_vars[0][1].numpy().astype(bool), plan.masks[name]):
             raise PaiError(f"{what}: tfmot changed the mask of {name} during training")

@@ -65,6 +65,20 @@ def scaled(cfg: TrainConfig, epochs: int) -> TrainConfig:
                    milestones=[m * k for m in cfg.milestones])
 
 
+def tail(cfg: TrainConfig, epochs: int) -> TrainConfig:
+    """The last `epochs` epochs of the recipe's schedule, as a recipe of its own: the learning
+    rate as it stands at epoch `cfg.epochs - epochs`, the warm-up and milestones still ahead.
+    Learning-rate rewinding with a short budget (Renda et al., ICLR 2020: rewind the schedule to
+    epoch E - t and retrain for the t epochs left)."""
+    if epochs >= cfg.epochs:
+        return cfg
+    cut = cfg.epochs - epochs
+    passed = sum(1 for m in cfg.milestones if m <= cut)
+    return replace(cfg, epochs=epochs, lr=cfg.lr * cfg.gamma ** passed,
+                   warmup_epochs=max(0.0, cfg.warmup_epochs - cut),
+                   milestones=[m - cut for m in cfg.milestones if m > cut])
+
+
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     schedule = WarmupPiecewise(cfg.lr, round(cfg.warmup_epochs * steps_per_epoch),
                                [round(m * steps_per_epoch) for m in cfg.milestones], cfg.gamma)

@@ -258,6 +258,10 @@ class HoldDeadGroups(keras.callbacks.Callback):
         idx = build_index(model, exclude)
         return cls(hold_pairs(idx, model, dead_groups(idx, allowed), allowed))
 
+    def hold(self) -> None:
+        """Zero every held member now (also called inside the train step, see `steps`)."""
+        self._hold()
+
     def on_train_begin(self, logs=None):
         self._hold()
 

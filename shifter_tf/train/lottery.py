@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -34,7 +34,10 @@ from shifter_tf.train import magnitude
 from shifter_tf.train import structure
 from shifter_tf.train import wrappers
 from shifter_tf.train import engine
-from shifter_tf.config.schema import Config, save_config
+from shifter_tf.train import steps as steps_
+from shifter_tf.train.trainer import SparseTrainer
+from shifter_tf.config.schema import (Config, level_lr, lottery_epochs,
+                                      save_config)
 from shifter_tf.train.resume import check_resume as resume_check, record_changes
 from shifter_tf.train.sanity import check_dense
 from shifter_tf.errors import ConfigError
@@ -158,18 +161,6 @@ class CaptureRewind(keras.callbacks.Callback):
 
 
 # ---------------------------------------------------------------- one level
-def _stats(model: keras.Model, names: list[str], masks: magnitude.Masks) -> dict:
-    layers = {l.name: l for l in iter_layers(model)}
-    zf, nf, ld = {}, {}, {}
-    for n in names:
-        k = magnitude.kernel_variable(layers[n]).numpy()
-        dw = isinstance(layers[n], keras.layers.DepthwiseConv2D)
-        zf[n] = magnitude.zero_filters(k, dw)
-        nf[n] = int(k.shape[-2] * k.shape[-1]) if dw else int(k.shape[-1])
-        ld[n] = float(masks[n].mean())
-    return {"zero_filters": zf, "filters": nf, "layer_density": ld}
-
-
 def rewind_step(cfg: Config, data: Dataset) -> int:
     lt = cfg.lottery
     if lt.rewind_iterations is not None:
@@ -179,26 +170,9 @@ def rewind_step(cfg: Config, data: Dataset) -> int:
     return 0
 
 
-def _finish(mask: np.ndarray, magnitude: np.ndarray, allowed: np.ndarray, keep: int
-            ) -> np.ndarray:
-    """Exactly `keep` weights of `allowed`, preferring tfmot's choice, then the largest |w|.
-
-    Where a level had too few steps for tfmot's ramp to reach its final sparsity this finishes
-    the ramp as its last update would have; where tfmot's rounding kept one weight fewer it
-    adds the largest allowed one back, so every layer ends at exactly its allocation.
-    """
-    mask = mask & allowed
-    if mask.sum() == keep:
-        return mask
-    # tfmot's picks first, then the other allowed weights, each by magnitude
-    score = np.where(mask, magnitude + 1e30, np.where(allowed, magnitude, -1.0)).ravel()
-    out = np.zeros(score.size, bool)
-    out[np.argpartition(-score, keep - 1)[:keep]] = True
-    return out.reshape(mask.shape)
-
-
 def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
-                  rewind: dict, prev_model: keras.Model, prev_masks: magnitude.Masks, steps: int
+                  rewind: dict, prev_model: keras.Model, prev_masks: magnitude.Masks, steps: int,
+                  trainer: Optional[SparseTrainer] = None
                   ) -> tuple[keras.Model, magnitude.Masks, float, magnitude.Masks, dict]:
     """Allocate level `level`'s masks globally, rewind `model` to θ_k and wrap it with tfmot.
 
@@ -229,6 +203,9 @@ def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
     # (Renda et al. 2020): they keep the values the previous level trained, the LR schedule
     # restarts. Either way the masks, not the weights, are what a level inherits.
     set_weights(model, rewind if cfg.lottery.rewind == "weights" else get_weights(prev_model))
+    if trainer is not None:       # `model` is the trainer's: assign the level, trace nothing
+        trainer.start_level(allowed, new_masks, steps)
+        return trainer.wrapped, new_masks, threshold, allowed, killed
     schedules = {n: wrappers.schedule(cfg, 1.0 - float(allowed[n].mean()),
                               1.0 - float(new_masks[n].mean()), steps) for n in names}
     wrapped = wrappers.wrap(model, schedules)
@@ -237,76 +214,132 @@ def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
 
 
 def level_recipe(cfg: Config, level: int):
-    """The training recipe of one level: `train`, with `lottery.dense_epochs` for level 0
-    (warm-up and milestones scaled with it)."""
-    e0 = cfg.lottery.dense_epochs
-    return engine.scaled(cfg.train, e0) if level == 0 and e0 else cfg.train
+    """The training recipe of one level: level 0 `train` stretched to `lottery.dense_epochs`;
+    a sparse level of `lottery.level_epochs` (or the `budget`'s share) runs the tail of the
+    schedule (LR rewinding, Renda et al.) or all of it compressed (`lottery.level_lr`)."""
+    ep = lottery_epochs(cfg)
+    if level == 0:
+        return engine.scaled(cfg.train, ep.dense)
+    if level_lr(cfg.lottery) == "tail":
+        return engine.tail(cfg.train, ep.level)
+    return engine.scaled(cfg.train, ep.level)
+
+
+@dataclass
+class LevelSetup:
+    """A level ready to fit: `model` (plain), `trained` (level 0: `model`, else tfmot-wrapped;
+    strip this one), `fit_model` (what fit trains: `trained` or a HookedModel over it)."""
+    level: int
+    recipe: Any
+    names: list[str]
+    model: keras.Model
+    trained: keras.Model
+    fit_model: keras.Model
+    callbacks: list
+    new_masks: magnitude.Masks
+    allowed: Optional[magnitude.Masks] = None
+    threshold: Optional[float] = None
+    killed: dict = field(default_factory=dict)
+    capture: Optional[CaptureRewind] = None
+    rewind: Optional[dict] = None
+
+
+def setup_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
+                prev_model: Optional[keras.Model], prev_masks: Optional[magnitude.Masks],
+                strategy: tf.distribute.Strategy, hooks_in_step: bool = True,
+                cache: Optional[dict] = None) -> LevelSetup:
+    """Build, wrap and compile one level; sparse holding runs in the train step (`steps`; not
+    with `hooks_in_step=False`), and with a `cache` (a dict the run keeps) sparse levels reuse
+    one compiled `trainer.SparseTrainer` instead of tracing a new step."""
+    recipe = level_recipe(cfg, level)
+    spe = engine.steps_per_epoch(data, recipe.batch_size)
+    steps = spe * recipe.epochs
+    reuse = level > 0 and cache is not None and hooks_in_step and SparseTrainer.supports(cfg)
+    trainer = cache.get("trainer") if reuse else None
+    trainer = trainer if trainer and trainer.matches(recipe, spe) else None
+    if trainer is None:   # (reused: nothing random is built; a reseed clears TF's kernel cache)
+        keras.utils.set_random_seed(cfg.seed + level)
+    with strategy.scope():
+        model = trainer.model if trainer else make_model(cfg, data)
+        names = magnitude.prunable_layers(model, cfg.lottery.exclude_classifier,
+                                  cfg.lottery.exclude_layers)
+        s = LevelSetup(level, recipe, names, model, model, model, [], {}, rewind=rewind)
+        if reuse and trainer is None:
+            trainer = cache["trainer"] = SparseTrainer(cfg, model, names, recipe, spe, strategy)
+        if level == 0:
+            s.new_masks = {n: np.ones(w.shape, bool)
+                           for n, w in magnitude.kernels(model, names).items()}
+            k = rewind_step(cfg, data)
+            if k == 0:
+                s.rewind = get_weights(model)
+            else:
+                s.capture = CaptureRewind(model, k)
+                s.callbacks.append(s.capture)
+        else:
+            s.trained, s.new_masks, s.threshold, s.allowed, s.killed = prepare_level(
+                cfg, model, names, level, rewind, prev_model, prev_masks, steps, trainer)
+            s.callbacks.append(sparsity.UpdatePruningStep())
+            if trainer is not None:
+                s.fit_model = trainer.fit_model       # compiled already
+                return s
+            keep = wrappers.KeepPruned(s.trained, s.allowed)
+            hold = None
+            if cfg.lottery.structure == "filters":
+                dead = {n: ~structure.filter_alive(m) for n, m in s.allowed.items()}
+                hold = structure.HoldDeadChannels(structure.hold_pairs(model, dead))
+            elif cfg.lottery.structure == "groups":
+                hold = groups.HoldDeadGroups.for_level(model, s.allowed)
+            if hooks_in_step:
+                if hold is not None:
+                    hold.hold()   # its on_train_begin
+                s.fit_model = steps_.hooked(s.trained, begin=[keep.zero_disallowed],
+                                            end=[keep.and_masks] + ([hold.hold] if hold else []))
+            else:
+                s.callbacks += [keep] + ([hold] if hold else [])
+        if cfg.lottery.gamma_l1:
+            s.fit_model.add_loss(structure.gamma_l1_loss(model, cfg.lottery.gamma_l1))
+        engine.compile_model(s.fit_model, recipe, spe)
+    return s
 
 
 def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 prev_model: Optional[keras.Model], prev_masks: Optional[magnitude.Masks],
-                strategy: tf.distribute.Strategy, user_callbacks: Sequence = ()
+                strategy: tf.distribute.Strategy, user_callbacks: Sequence = (),
+                hooks_in_step: bool = True, cache: Optional[dict] = None
                 ) -> tuple[keras.Model, magnitude.Masks, LevelResult, Optional[dict]]:
     """Train one IMP level; returns the stripped model, its masks, metrics and θ_k (level 0)."""
-    keras.utils.set_random_seed(cfg.seed + level)
-    recipe = level_recipe(cfg, level)
-    steps = engine.steps_per_epoch(data, recipe.batch_size) * recipe.epochs
+    s = setup_level(cfg, data, level, rewind, prev_model, prev_masks, strategy, hooks_in_step,
+                    cache)
     target = (1.0 - cfg.lottery.prune_fraction) ** level
-    what = f"level {level} (density {target:.4f})"
-    with strategy.scope():
-        model = make_model(cfg, data)
-        names = magnitude.prunable_layers(model, cfg.lottery.exclude_classifier,
-                                  cfg.lottery.exclude_layers)
-        callbacks: list = []
-        capture = None
-        threshold, killed = None, {}
-        if level == 0:
-            masks = {n: np.ones(w.shape, bool) for n, w in magnitude.kernels(model, names).items()}
-            new_masks = masks
-            k = rewind_step(cfg, data)
-            if k == 0:
-                rewind = get_weights(model)
-            else:
-                capture = CaptureRewind(model, k)
-                callbacks.append(capture)
-            trained = model
-        else:
-            trained, new_masks, threshold, allowed, killed = prepare_level(
-                cfg, model, names, level, rewind, prev_model, prev_masks, steps)
-            callbacks += [sparsity.UpdatePruningStep(), wrappers.KeepPruned(trained, allowed)]
-            if cfg.lottery.structure == "filters":
-                dead = {n: ~structure.filter_alive(m) for n, m in allowed.items()}
-                callbacks.append(structure.HoldDeadChannels(structure.hold_pairs(model, dead)))
-            elif cfg.lottery.structure == "groups":
-                callbacks.append(groups.HoldDeadGroups.for_level(model, allowed))
-        if cfg.lottery.gamma_l1:
-            trained.add_loss(structure.gamma_l1_loss(model, cfg.lottery.gamma_l1))
-        engine.compile_model(trained, recipe, engine.steps_per_epoch(data, recipe.batch_size))
-    fit = engine.fit(trained, data, recipe, seed=cfg.seed + level, what=what,
-                callbacks=[*callbacks, *user_callbacks])
+    fit = engine.fit(s.fit_model, data, s.recipe, seed=cfg.seed + level,
+                     what=f"level {level} (density {target:.4f})",
+                     callbacks=[*s.callbacks, *user_callbacks])
+    model, masks, rewind = s.model, s.new_masks, s.rewind
     if level > 0:
-        for name, w in wrappers.wrappers(trained).items():
+        for name, w in wrappers.wrappers(s.trained).items():
             weight, mask, _ = w.pruning_vars[0]
-            m = _finish(mask.numpy().astype(bool), np.abs(weight.numpy()), allowed[name],
-                        int(new_masks[name].sum()))
+            m = magnitude.finish_mask(mask.numpy().astype(bool), np.abs(weight.numpy()),
+                                      s.allowed[name], int(s.new_masks[name].sum()))
             mask.assign(m.astype(np.float32))
             weight.assign(weight * mask)
         masks = {n: w.pruning_vars[0][1].numpy().astype(bool)
-                 for n, w in wrappers.wrappers(trained).items()}
-        model = sparsity.strip_pruning(trained)
-    if capture is not None:
-        if capture.weights is None:
+                 for n, w in wrappers.wrappers(s.trained).items()}
+        t = (cache or {}).get("trainer")
+        model = t.stripped() if t and t.wrapped is s.trained else sparsity.strip_pruning(s.trained)
+    if s.capture is not None:
+        if s.capture.weights is None:
             raise ConfigError(f"lottery.rewind: rewind point {rewind_step(cfg, data)} iterations "
-                              f"is beyond level 0's {steps} iterations")
-        rewind = capture.weights
+                              f"is beyond level 0's {fit.steps} iterations")
+        rewind = s.capture.weights
     result = LevelResult(
         level=level, target_density=target, density=magnitude.density(masks),
-        train_seconds=fit.seconds, epochs=recipe.epochs,
-        val_accuracy=engine.evaluate(model, data, "val"), test_accuracy=engine.evaluate(model, data, "test"),
-        threshold=threshold,
-        allocated={n: int(m.sum()) for n, m in new_masks.items()}, killed_filters=killed,
+        train_seconds=fit.seconds, epochs=s.recipe.epochs,
+        val_accuracy=engine.evaluate(model, data, "val"),
+        test_accuracy=engine.evaluate(model, data, "test"),
+        threshold=s.threshold,
+        allocated={n: int(m.sum()) for n, m in s.new_masks.items()}, killed_filters=s.killed,
         history={k: [float(v) for v in vs] for k, vs in fit.history.items()},
-        **_stats(model, names, masks))
+        **magnitude.layer_stats(model, s.names, masks))
     return model, masks, result, rewind
 
 
@@ -358,9 +391,10 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
     record_changes(run, changes, first, cfg.lottery.levels)
     bar = tqdm(range(first, cfg.lottery.levels + 1), desc="IMP levels", unit="level",
                initial=first, total=cfg.lottery.levels + 1, disable=not progress)
+    cache: dict = {}       # the sparse levels' compiled trainer, reused (trainer.py)
     for level in bar:
         model, masks, result, rewind = train_level(cfg, data, level, rewind, prev_model,
-                                                   prev_masks, strategy, callbacks)
+                                                   prev_masks, strategy, callbacks, cache=cache)
         cluster.check_identical(strategy, f"level {level}", masks=masks, threshold=result.threshold)
         if level == 0:
             check_dense(cfg, data, result.test_accuracy, run)

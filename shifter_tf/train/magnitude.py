@@ -97,11 +97,42 @@ def global_allocation(weights: dict[str, np.ndarray], masks: Masks, target: floa
     return new, threshold
 
 
+def finish_mask(mask: np.ndarray, magnitude: np.ndarray, allowed: np.ndarray, keep: int
+                ) -> np.ndarray:
+    """Exactly `keep` weights of `allowed`, preferring tfmot's choice, then the largest |w|.
+
+    Where a level had too few steps for tfmot's ramp to reach its final sparsity this finishes
+    the ramp as its last update would have; where tfmot's rounding kept one weight fewer it
+    adds the largest allowed one back, so every layer ends at exactly its allocation.
+    """
+    mask = mask & allowed
+    if mask.sum() == keep:
+        return mask
+    # tfmot's picks first, then the other allowed weights, each by magnitude
+    score = np.where(mask, magnitude + 1e30, np.where(allowed, magnitude, -1.0)).ravel()
+    out = np.zeros(score.size, bool)
+    out[np.argpartition(-score, keep - 1)[:keep]] = True
+    return out.reshape(mask.shape)
+
+
 def zero_filters(kernel: np.ndarray, depthwise: bool = False) -> int:
     """Output channels whose whole filter is zero (depthwise: per input channel x multiplier)."""
     cols = kernel.reshape(-1, kernel.shape[-2] * kernel.shape[-1]) if depthwise \
         else kernel.reshape(-1, kernel.shape[-1])
     return int((~cols.any(axis=0)).sum())
+
+
+def layer_stats(model: keras.Model, names: list[str], masks: Masks) -> dict:
+    """Per layer: whole filters that are zero, filters, density of the mask."""
+    layers = {l.name: l for l in iter_layers(model)}
+    zf, nf, ld = {}, {}, {}
+    for n in names:
+        k = kernel_variable(layers[n]).numpy()
+        dw = isinstance(layers[n], keras.layers.DepthwiseConv2D)
+        zf[n] = zero_filters(k, dw)
+        nf[n] = int(k.shape[-2] * k.shape[-1]) if dw else int(k.shape[-1])
+        ld[n] = float(masks[n].mean())
+    return {"zero_filters": zf, "filters": nf, "layer_density": ld}
 
 
 def save_masks(path, masks: Masks) -> None:

@@ -36,22 +36,34 @@ def schedule(cfg: Config, start: float, end: float, steps: int) -> sparsity.Prun
     """tfmot's PolynomialDecay from `start` to `end` over the first `ramp_fraction` of the level.
 
     tfmot reaches `final_sparsity` only on a step that is a multiple of `frequency`, so the ramp
-    length is rounded to one; a level too short to ramp is finished by `_finish`.
+    length is rounded to one; a level too short to ramp is finished by `magnitude.finish_mask`.
     """
     if cfg.lottery.schedule == "oneshot" or end <= start:
         return FixedMask(end)
-    freq = max(1, min(cfg.lottery.ramp_frequency, steps // 4))
-    ramp = int(np.ceil(cfg.lottery.ramp_fraction * steps / freq)) * freq
-    ramp = max(freq, min(ramp, (steps - 1) // freq * freq))
+    ramp, freq = ramp_steps(cfg, steps)
     return sparsity.PolynomialDecay(initial_sparsity=start, final_sparsity=end,
                                     begin_step=0, end_step=ramp, frequency=freq)
+
+
+def ramp_steps(cfg: Config, steps: int) -> tuple[int, int]:
+    """(ramp length, update frequency) of a level of `steps` steps."""
+    freq = max(1, min(cfg.lottery.ramp_frequency, steps // 4))
+    ramp = int(np.ceil(cfg.lottery.ramp_fraction * steps / freq)) * freq
+    return max(freq, min(ramp, (steps - 1) // freq * freq)), freq
 
 
 def wrap(model: keras.Model, schedules: dict[str, sparsity.PruningSchedule]) -> keras.Model:
     """tfmot wrappers on the layers in `schedules`; weights stay shared with `model`."""
     def clone(layer):
         if layer.name in schedules:
-            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedules[layer.name])
+            w = sparsity.prune_low_magnitude(layer, pruning_schedule=schedules[layer.name])
+            # tf_keras runs a non-Keras layer's `call` through AutoGraph, and AutoGraph
+            # re-converts tfmot's mask update (nested closures around tf.cond) from source for
+            # every wrapper at every trace: most of a sparse level's start-up (vgg_small, load
+            # ~10: the first fit 40 s against 10 s dense). tfmot's code is graph code
+            # (smart_cond/tf.cond), so it runs unconverted: the same graph, traced in a blink.
+            w.call = tf.autograph.experimental.do_not_convert(w.call)
+            return w
         return layer
     return keras.models.clone_model(model, clone_function=clone)
 
@@ -82,8 +94,10 @@ class KeepPruned(keras.callbacks.Callback):
 
     def __init__(self, wrapped: keras.Model, allowed: magnitude.Masks):
         super().__init__()
-        triples = [(w.pruning_vars[0][0], w.pruning_vars[0][1],
-                    tf.constant(allowed[n].astype(np.float32)))
+        # variables, not constants: a reused trained step takes the next level's set
+        self.allowed = {n: tf.Variable(allowed[n].astype(np.float32), trainable=False)
+                        for n in wrappers(wrapped)}
+        triples = [(w.pruning_vars[0][0], w.pruning_vars[0][1], self.allowed[n])
                    for n, w in wrappers(wrapped).items()]
 
         # One traced function per hook instead of eager ops per layer per batch: both hooks
@@ -98,10 +112,15 @@ class KeepPruned(keras.callbacks.Callback):
         def and_masks():
             for _, mask, keep in triples:
                 mask.assign(mask * keep)
-        self._begin, self._end = zero_disallowed, and_masks
+        # As hooks of the train step itself (`steps.HookedModel`): no Python between batches.
+        self.zero_disallowed, self.and_masks = zero_disallowed, and_masks
+
+    def set_allowed(self, allowed: magnitude.Masks) -> None:
+        for n, v in self.allowed.items():
+            v.assign(allowed[n].astype(np.float32))
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._begin()
+        self.zero_disallowed()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._end()
+        self.and_masks()

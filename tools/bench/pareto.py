@@ -8,12 +8,17 @@ against the dense model). Points, each cached under OUT/pareto/ so a rerun only 
 missing:
 - the deployed portfolio of RUN (dense + pruned fp32 variants in its manifest);
 - width-scaled dense baselines of the same architecture trained from scratch with the same
-  recipe, at one level's epochs and at the whole IMP run's epochs (milestones scaled);
+  recipe, at one training's epochs (level 0's) and at the total epochs of each IMP run compared
+  (milestones scaled);
+- other named recipes, trained and deployed like the demo (`--recipes`; default: the 12x
+  `structured` recipe when the config's is `cheap`, else `cheap`), side by side with their cost;
 - tfmot's own deployment path: each sparse level, strip_pruning + EXPERIMENTAL_SPARSITY;
 - Reconvene (`shifter-tf pai` with the config's pai section);
 - Sony's Model Compression Toolkit, when `tools.bench.mct` has written OUT/mct/mct.json;
 - ablation arms: the same IMP run with each structure-inducing option switched, deployed the
   same way (`--arms name=KEY=VALUE,...`; default: the paper's plain IMP).
+Every point carries its training cost: `epochs` and `train_s` (a portfolio member: its run's
+levels 0..ℓ, the epochs and wall time it took to get it; a baseline: its own training).
 Writes OUT/raw/pareto.json, then OUT/PARETO.md and OUT/plots/pareto.png (`tools.bench.report`:
 the table, coverage and plot).
 """
@@ -56,9 +61,22 @@ def run_quiet(cmd: list, logfile: Path) -> None:
                          f"see {logfile}")
 
 
+def run_cost(run: Path) -> dict:
+    """Training cost of an IMP run: epochs and wall seconds of every level, cumulative by level
+    (`by_level[ℓ]` = levels 0..ℓ) and in total."""
+    rows = sorted(json.loads((run / "lottery.json").read_text()), key=lambda r: r["level"])
+    by_level, e, t = {}, 0, 0.0
+    for r in rows:
+        e, t = e + r["epochs"], t + r["train_seconds"]
+        by_level[r["level"]] = {"epochs": e, "train_s": round(t, 1)}
+    return {"epochs": e, "train_s": round(t, 1), "levels": len(rows) - 1, "by_level": by_level}
+
+
 def portfolio_points(run: Path, source: str, kinds=("dense", "pruned")) -> list[dict]:
-    """fp32 dense/pruned variants of a deployed portfolio, as Pareto points."""
+    """fp32 dense/pruned variants of a deployed portfolio, as Pareto points, each with the
+    epochs and training seconds its run took up to its level."""
     manifest = json.loads((run / "portfolio" / "manifest.json").read_text())
+    cost = run_cost(run)["by_level"]
     pts = []
     for v in manifest["variants"]:
         if v["precision"] == "fp32" and v["kind"] in kinds:
@@ -66,7 +84,8 @@ def portfolio_points(run: Path, source: str, kinds=("dense", "pruned")) -> list[
                         "level": v.get("level"), "density": v.get("density"),
                         "accuracy": v["accuracy"], "bytes": v["bytes"],
                         "params": v.get("params_total"), "macs": v.get("macs"),
-                        "file": str(run / "portfolio" / v["file"])})
+                        "file": str(run / "portfolio" / v["file"]),
+                        **cost.get(v.get("level") or 0, {})})
     return pts
 
 
@@ -83,11 +102,13 @@ def tfmot_points(run: Path, out: Path) -> list[dict]:
     return baselines.tfmot_sparse_points(run, out / "tfmot")
 
 
-def arm_points(cfg_path: str, out: Path, name: str, sets: list[str]) -> list[dict]:
-    """An IMP run with other settings, deployed like the demo (fp32 only)."""
-    folder = out / "arms" / name
+def arm_points(cfg_path: str, out: Path, name: str, sets: list[str], kind: str = "arm"
+               ) -> list[dict]:
+    """An IMP run with other settings, deployed like the demo (fp32 only); kind `recipe`:
+    another named recipe, compared side by side."""
+    folder = out / ("arms" if kind == "arm" else "recipes") / name
     if not (folder / "portfolio" / "manifest.json").exists():
-        log(f"arm {name}: training and deploying ({', '.join(sets)})")
+        log(f"{kind} {name}: training and deploying ({', '.join(sets)})")
         cmd = shifter("run", "--config", cfg_path, "--out", folder,
                       "--set", "export.precisions=[fp32]", "--set", "export.kinds=[dense,pruned]",
                       "--set", "export.latency_runs=5", "--set", "train.verbose=0")
@@ -95,8 +116,25 @@ def arm_points(cfg_path: str, out: Path, name: str, sets: list[str]) -> list[dic
             cmd += ["--set", s]
         if (folder / "levels").exists():
             cmd.append("--resume")
-        run_quiet(cmd, out / "logs" / f"arm_{name}.log")
-    return portfolio_points(folder, f"arm:{name}", kinds=("pruned",))
+        run_quiet(cmd, out / "logs" / f"{kind}_{name}.log")
+    return portfolio_points(folder, f"{kind}:{name}", kinds=("pruned",))
+
+
+# The 12x recipe as the embedded default ran it before `cheap`: `structured` over 11 levels of 30 %.
+TWELVE_X = {"levels": 11, "prune_fraction": 0.3, "target_density": 0.02}
+
+
+def other_recipes(cfg) -> list[str]:
+    """The default `--recipes`: the one of `cheap` (<= 3x) and the 12x `structured` the config
+    does not run, every key it sets given explicitly (a config's own keys win over a recipe)."""
+    from shifter_tf.config.recipes import RECIPES
+    if cfg.lottery.recipe == "cheap" or cfg.lottery.budget is not None:
+        name, keys = "structured_12x", {**RECIPES["structured"], **TWELVE_X, "budget": None}
+    else:
+        name, keys = "cheap", {**RECIPES["cheap"], "target_density": None}
+    keys = {"recipe": name.split("_")[0], **keys, "level_epochs": None}
+    return [name + "=" + ",".join(f"lottery.{k}={'null' if v is None else v}"
+                                  for k, v in keys.items())]
 
 
 def level_rows(run: Path) -> list[dict]:
@@ -161,23 +199,44 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench")
     ap.add_argument("--arms", nargs="*", default=DEFAULT_ARMS,
                     help="ablation arms: NAME=KEY=VALUE[,KEY=VALUE...]")
+    ap.add_argument("--recipes", nargs="*", default=None,
+                    help="other recipes, side by side: NAME=KEY=VALUE[,KEY=VALUE...] "
+                         "(default: 12x structured or cheap, whichever the config is not)")
+    ap.add_argument("--baseline-epochs", type=int, nargs="*", default=None,
+                    help="train the width baselines for these epoch counts only (default: one "
+                         "training's and each compared run's total)")
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["baselines", "long", "tfmot", "pai", "mct", "arms"])
+                    choices=["baselines", "long", "tfmot", "pai", "mct", "arms", "recipes"])
     args = ap.parse_args(argv)
     out, run = Path(args.out).resolve(), Path(args.run).resolve()
     (out / "raw").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from shifter_tf.config.schema import load_config
+    from shifter_tf.config.schema import lottery_epochs
     cfg = load_config(args.config)
-    level_epochs = cfg.train.epochs
-    run_epochs = (cfg.lottery.dense_epochs or level_epochs) + level_epochs * cfg.lottery.levels
+    level_epochs = lottery_epochs(cfg).dense         # one ordinary training
+    run_epochs = run_cost(run)["epochs"]
     started = time.perf_counter()
 
     points = portfolio_points(run, "portfolio")
     dense = next(p for p in points if p["kind"] == "dense")
+    recipes = {}
+    if "recipes" not in args.skip:
+        for spec in (other_recipes(cfg) if args.recipes is None else args.recipes):
+            name, _, sets = spec.partition("=")
+            try:
+                pts = arm_points(args.config, out / "pareto", name, sets.split(","), "recipe")
+            except SystemExit as e:
+                log(f"recipe {name} failed, left out: {e}")
+                continue
+            folder = out / "pareto" / "recipes" / name
+            recipes[name] = {"sets": sets, "levels": level_rows(folder), **run_cost(folder)}
+            points += pts
     if "baselines" not in args.skip:
-        epochs = [level_epochs] + ([] if "long" in args.skip else [run_epochs])
+        totals = {run_epochs, *(r["epochs"] for r in recipes.values())}
+        epochs = [level_epochs] + ([] if "long" in args.skip else sorted(totals))
+        epochs = args.baseline_epochs if args.baseline_epochs is not None else epochs
         log(f"baselines: widths {WIDTHS} at {epochs} epochs")
         points += baseline_points(args.config, out / "pareto", epochs)
     if "tfmot" not in args.skip:
@@ -206,7 +265,8 @@ def main(argv=None) -> int:
     test_size = len(load_dataset(cfg.data, cfg.seed).y_test)
     doc = {"run": str(run), "config": args.config, "level_epochs": level_epochs,
            "test_size": test_size,
-           "run_epochs": run_epochs, "dense": dense["id"], "arms": arms,
+           "run_epochs": run_epochs, "run_cost": run_cost(run), "recipe": cfg.lottery.recipe,
+           "recipes": recipes, "dense": dense["id"], "arms": arms,
            "run_levels": level_rows(run),
            "points": points, "seconds": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "raw" / "pareto.json", doc)

@@ -13,7 +13,8 @@ VARIANT_STYLES = {"pruned": ("C0", "o", "(a) ours pruned"),
                   "sparse": ("C2", "x", "(c) sparse fp32")}
 # marker, colour of each source of Pareto points, by prefix
 SOURCE_STYLES = {"portfolio": ("o", "C0"), "baseline_e": ("s", "C1"), "tfmot": ("x", "C2"),
-                 "reconvene": ("^", "C3"), "mct": ("D", "C4"), "arm:": ("v", "C5")}
+                 "reconvene": ("^", "C3"), "mct": ("D", "C4"), "arm:": ("v", "C5"),
+                 "recipe:": ("P", "C3")}
 
 
 def _pyplot():
@@ -125,8 +126,9 @@ def plot_pareto(points: list[dict], path: Path) -> Path:
         for src, pts in sorted(groups.items()):
             marker, color = next((v for k, v in SOURCE_STYLES.items() if src.startswith(k)),
                                  (".", "C7"))
-            if src.startswith("baseline_e"):      # short and long baselines apart
-                color = "C1" if src == min(base_srcs, key=lambda b: int(b[10:] or 0)) else "C8"
+            if src.startswith("baseline_e"):      # baselines of each epoch count apart
+                order = sorted(base_srcs, key=lambda b: int(b[10:] or 0))
+                color = ("C1", "C8", "C9", "C6")[min(order.index(src), 3)]
             pts = sorted(pts, key=lambda p: p["ms"])
             xs = [p["ms"] if key == "ms" else p["bytes"] / 1024 for p in pts]
             ax.plot(xs, [p["accuracy"] for p in pts], marker=marker, color=color, label=src,
