@@ -15,6 +15,8 @@ from typing import Any, Optional, Union
 import yaml
 
 from shifter_tf.config import recipes, rules
+from shifter_tf.config.budget import (LotteryEpochs, level_lr, lottery_epochs,  # noqa: F401
+                                      validate_budget)
 from shifter_tf.errors import ConfigError  # noqa: F401 (raised here)
 
 _PAPER = recipes.RECIPES["paper"]   # the dataclass defaults are the paper's recipe
@@ -202,35 +204,6 @@ class Config:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class LotteryEpochs:
-    """Training epochs of a lottery run: level 0, each sparse level, and the whole run."""
-    dense: int
-    level: int
-    levels: int
-
-    @property
-    def total(self) -> int:
-        return self.dense + self.level * self.levels
-
-
-def lottery_epochs(cfg: Config) -> LotteryEpochs:
-    """Epochs of level 0 (`lottery.dense_epochs`, else train.epochs) and of each sparse level
-    (`lottery.level_epochs`, else the longest that keeps the total within `lottery.budget` x
-    level 0's epochs, else train.epochs). `_validate` has checked that this is at least 1."""
-    lt = cfg.lottery
-    dense = lt.dense_epochs or cfg.train.epochs
-    level = lt.level_epochs
-    if level is None and lt.budget is not None and lt.levels > 0:
-        level = int((lt.budget * dense - dense) // lt.levels + 1e-9)
-    return LotteryEpochs(dense, cfg.train.epochs if level is None else level, lt.levels)
-
-
-def level_lr(lt: LotteryConfig) -> str:
-    """`lottery.level_lr`, or its default for the rewind mode."""
-    return lt.level_lr or ("tail" if lt.rewind == "lr" else "scaled")
-
-
 def _check(value: Any, tp: Any, where: str) -> Any:
     """Return `value` converted to `tp`, or raise ConfigError naming `where`."""
     origin = typing.get_origin(tp)
@@ -336,7 +309,7 @@ def _validate(cfg: Config, source: str) -> None:
     if lt.level_epochs is not None and lt.level_epochs < 1:
         bad("lottery.level_epochs", f"must be >= 1, got {lt.level_epochs}")
     if lt.budget is not None:
-        _validate_budget(cfg, bad)
+        validate_budget(cfg, bad)
     if lt.level_lr not in (None, "tail", "scaled"):
         bad("lottery.level_lr", f"must be tail or scaled, got {lt.level_lr!r}")
     if level_lr(lt) == "tail" and lottery_epochs(cfg).level > cfg.train.epochs:
@@ -394,25 +367,6 @@ def _validate(cfg: Config, source: str) -> None:
     rules.validate_data(cfg.data, bad)
     rules.validate_model(cfg.model, bad)
     validate_pai(cfg.pai, source)
-
-
-def _validate_budget(cfg: Config, bad) -> None:
-    """`lottery.budget` must leave each sparse level at least one epoch."""
-    lt = cfg.lottery
-    if not lt.budget >= 1.0:
-        bad("lottery.budget", f"must be >= 1 (total epochs as a multiple of level 0's), "
-                              f"got {lt.budget}")
-    ep = lottery_epochs(cfg)
-    cap = lt.budget * ep.dense
-    where = f"{lt.budget:g} x {ep.dense} dense epochs = {cap:g} epochs"
-    if lt.level_epochs is None and lt.levels > 0 and ep.level < 1:
-        bad("lottery.budget", f"{where} leave {cap - ep.dense:g} for {lt.levels} sparse levels, "
-                              "less than 1 epoch each; lower lottery.levels or raise the budget")
-    if ep.total > cap + 1e-9:
-        bad("lottery.level_epochs", f"{ep.dense} + {lt.levels} levels x {ep.level} epochs = "
-                                    f"{ep.total} epochs is over lottery.budget's {where}; lower "
-                                    "lottery.level_epochs or lottery.levels, or unset "
-                                    "level_epochs to fit the budget")
 
 
 def validate_pai(s: PaiConfig, source: str) -> None:
