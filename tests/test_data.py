@@ -125,11 +125,12 @@ def test_cifar_read_from_the_archive_in_place(tmp_path):
     archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-            body = pickle.dumps({b"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8),
-                                 b"labels": list(range(4))})
+            body = pickle.dumps({b"data": rng.integers(0, 255, (10, 3072), dtype=np.uint8),
+                                 b"labels": list(range(10))})
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
-    d = load_dataset(DataConfig(name="cifar10", path=str(tmp_path), val_fraction=0.25))
-    assert d.input_shape == (32, 32, 3) and d.count("test") == 4
+    d = load_dataset(DataConfig(name="cifar10", path=str(tmp_path), val_fraction=0.2))
+    assert d.input_shape == (32, 32, 3) and d.count("test") == 10
+    assert d.count("train") + d.count("val") == 50
     assert not (tmp_path / "datasets" / "cifar-10-batches-py").exists()   # never unpacked
