@@ -6,11 +6,12 @@ come from. A recipe is a set of `lottery:` keys; keys a config gives explicitly 
 - `structured`: ours, chosen by the Pareto benchmark (`make bench`, bench/RESULTS.md): the filter
   step (15 % of the surviving filters go at each level, so whole filters die from level 1 on) and
   learning-rate rewinding (Renda et al., ICLR 2020). Every level is a whole training: with the
-  config's 11 levels, 12x the dense model's epochs. The Python API's default.
+  config's 11 levels, 12x the dense model's epochs. The embedded default and the Python API's
+  default.
 - `groups`: `structured` with the group-level step (`train.groups`): whole channel groups of the
   dependency graph die, so residual, inverted-residual and concatenating networks shed width too.
-- `cheap`: `structured`'s mechanisms at most 3x the dense epochs (`budget`), the embedded
-  default: 4 levels of 40 % with 20 % of the filters each, each level the last 2/3 of the
+- `cheap`: `structured`'s mechanisms at most 3x the dense epochs (`budget`), opt-in until the
+  Pareto benchmark has compared it: 4 levels of 40 % with 20 % of the filters each, each level the last 2/3 of the
   schedule (budget 3 leaves 2 dense trainings for 4 levels: 3 of 6 epochs, LR rewinding to
   epoch 3; `level_lr: tail`), all levels on one compiled model (`train.trainer`). Measured
   against `structured` and width baselines at equal epochs in bench/PARETO.md.
