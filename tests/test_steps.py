@@ -1,6 +1,5 @@
 """Sparse training's per-step holding inside the train step (steps.HookedModel) and the short
 levels of the cheap recipe, on real data (mnist5k subset)."""
-import numpy as np
 import pytest
 
 from conftest import tiny_config
@@ -101,8 +100,7 @@ def test_cheap_schedule_trains_short_levels_at_the_expected_densities(tmp_path, 
                          ids=["filters_lr_polynomial", "plain_weights_oneshot"])
 def test_reused_trainer_trains_levels_as_rebuilt_ones(lot, mnist_tiny):
     """Levels 1 and 2 on one compiled SparseTrainer (what run_lottery does) against each level
-    built and traced anew: the same density, killed filters and per-layer allocation, and one
-    trace."""
+    built and traced anew: the same density and killed filters, and one trace."""
     from shifter_tf.train.trainer import SparseTrainer
     cfg = tiny_config(lottery=lot, data={"name": "mnist5k", "limit_train": 96})   # 3 steps
     strategy = tf.distribute.get_strategy()
@@ -122,6 +120,4 @@ def test_reused_trainer_trains_levels_as_rebuilt_ones(lot, mnist_tiny):
             assert t.fit_model.train_function.experimental_get_tracing_count() <= 2
     for (w_new, m_new, r_new), (w_re, m_re, r_re) in zip(runs[True], runs[False]):
         assert r_new.density == r_re.density and r_new.killed_filters == r_re.killed_filters
-        assert m_new.keys() == m_re.keys()
-        for k in m_new:   # the same allocation per layer (which weights: not compared, see above)
-            assert m_new[k].sum() == m_re[k].sum(), k
+        assert m_new.keys() == m_re.keys()   # which weights: not compared (see above)
