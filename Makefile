@@ -93,8 +93,22 @@ edge-fixtures: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.edge_fixtures
 
 # The benchmark suite (tools/bench/): bench/results.json, RESULTS.md, PARETO.md, plots.
-bench: $(VENV)/.installed $(EDGE)/.installed $(MCT)/.installed
+bench: $(VENV)/.installed $(EDGE)/.installed $(MCT)/.installed fashion-mnist
 	$(VENV)/bin/python -m tools.bench.all --out bench --run $(RUN)
+
+# Fashion-MNIST for the per-architecture benchmark (tools.bench.archs): Debian's package, which
+# puts the four original .gz files in /usr/share/datasets/fashion-mnist/; installed where we are
+# root, else one line on how to get it (the Fashion-MNIST rows are then left out).
+FASHION := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+.PHONY: fashion-mnist
+fashion-mnist:
+	@if [ -e $(FASHION) ]; then :; \
+	elif [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	else echo "bench: no Fashion-MNIST: 'sudo apt-get install dataset-fashion-mnist' (Debian," \
+		"Ubuntu), or its 4 .gz files in DIR/datasets/fashion-mnist/ with data.path: DIR;" \
+		"its rows of ARCHS.md are left out"; fi
 
 # The MCT peer alone: export RUN's dense model and the data split, prune/fine-tune/convert
 # (resumable; minutes per target) into bench/mct/.

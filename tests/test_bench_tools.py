@@ -149,3 +149,38 @@ def test_pareto_recipes_side_by_side(tmp_path):
     assert "| structured_12x (`lottery.recipe=structured`) | 11 | 72 | 12.0× | 150.0 | 1 | " \
            "L05: 0.982 at 3.33× | 1 of 1 |" in text
     assert "| 2.00 | 10 | 1.0 |" in text         # MMACs, epochs, train s of a point
+
+
+def test_archs_summary_applies_the_issue_bar(tmp_path):
+    from tools.bench import archs
+    pt = lambda i, src, kind, acc, ms, level=None: {  # noqa: E731
+        "id": i, "source": src, "kind": kind, "accuracy": acc, "ms": ms, "level": level,
+        "speedup": 0.1 / ms, "bytes": 1000, "params": 10}
+    dense = pt("portfolio/L00-dense-fp32", "portfolio", "dense", 0.90, 0.1, 0)
+    fast = pt("portfolio/L04-pruned-fp32", "portfolio", "pruned", 0.895, 0.04, 4)
+    slow = pt("portfolio/L01-pruned-fp32", "portfolio", "pruned", 0.905, 0.08, 1)
+    covered = pt("baseline/w0.5_e6", "baseline_e6", "dense", 0.897, 0.043)
+    missed = pt("baseline/w0.25_e18", "baseline_e18", "dense", 0.89, 0.02)
+    arm = pt("arm:filters_only/L04-pruned-fp32", "arm:filters_only", "pruned", 0.899, 0.08, 4)
+    docs = {"good": [dense, fast, slow, covered, arm], "short": [dense, fast, covered, missed]}
+    for name, pts in docs.items():
+        folder = tmp_path / "archs" / name / "raw"
+        folder.mkdir(parents=True)
+        (folder / "pareto.json").write_text(json.dumps({
+            "points": pts, "level_epochs": 6, "run_epochs": 18, "test_size": 100,
+            "run_levels": [{"level": 4, "density": 0.13, "test_accuracy": 0.895,
+                            "zero_filters": 40}],
+            "arms": {"filters_only": {"sets": "lottery.structure=filters", "levels": [
+                {"level": 4, "density": 0.13, "test_accuracy": 0.899, "zero_filters": 3}]}}
+            if name == "good" else {}}))
+    v = archs.verdict(json.loads((tmp_path / "archs/good/raw/pareto.json").read_text()))
+    assert v["best"] == fast and v["passed"] and v["arm_best"] == arm
+    v = archs.verdict(json.loads((tmp_path / "archs/short/raw/pareto.json").read_text()))
+    assert v["missed"] == [missed] and not v["passed"]
+    text = archs.render(tmp_path, ["good", "short", "absent"])
+    assert "| good | 0.900 | 18 (3.0×) | L04-pruned-fp32 0.895 at 2.50× | 1 of 1 | " \
+           "arm:filters_only/L04-pruned-fp32 0.899 at 1.25× | met |" in text
+    assert "| short | 0.900 | 18 (3.0×) | L04-pruned-fp32 0.895 at 2.50× | 1 of 2 | — | " \
+           "**not met** |" in text
+    assert "Not covered: baseline/w0.25_e18" in text and "absent" not in text
+    assert "| 4 | 0.130 | 0.895 / 40 / 2.50× | 0.899 / 3 / 1.25× |" in text

@@ -11,10 +11,14 @@ come from. A recipe is a set of `lottery:` keys; keys a config gives explicitly 
 - `groups`: `structured` with the group-level step (`train.groups`): whole channel groups of the
   dependency graph die, so residual, inverted-residual and concatenating networks shed width too.
 - `cheap`: `structured`'s mechanisms at most 3x the dense epochs (`budget`), opt-in until the
-  Pareto benchmark has compared it: 4 levels of 40 % with 20 % of the filters each, each level the last 2/3 of the
-  schedule (budget 3 leaves 2 dense trainings for 4 levels: 3 of 6 epochs, LR rewinding to
-  epoch 3; `level_lr: tail`), all levels on one compiled model (`train.trainer`). Measured
-  against `structured` and width baselines at equal epochs in bench/PARETO.md.
+  Pareto benchmark has compared it: 4 levels of 40 % with 20 % of the filters each, each level
+  the last half of the schedule (budget 3 leaves 2 dense trainings for 4 levels: 3 of 6 epochs,
+  LR rewinding to epoch 3; `level_lr: tail`), all levels on one compiled model
+  (`train.trainer`). Measured against `structured` and width baselines at equal epochs in
+  bench/PARETO.md.
+- `cheap_groups`: `cheap`'s budget with the group step, each level freeing 25 % of the
+  surviving MACs: the one recipe of the per-architecture benchmark (`tools.bench.archs`,
+  bench/ARCHS.md: VGG, ResNet, MobileNetV2 on mnist5k and Fashion-MNIST).
 """
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ RECIPES: dict[str, dict[str, Any]] = {
               "levels": 4, "prune_fraction": 0.4},
     "groups": {"structure": "groups", "filter_fraction": 0.15, "rewind": "lr", "group_cost": 1.0,
                "min_width": 0.1, "min_channels": 4},
+    "cheap_groups": {"structure": "groups", "filter_fraction": 0.25, "rewind": "lr",
+                     "group_cost": 1.0, "min_width": 0.1, "min_channels": 4, "budget": 3.0,
+                     "levels": 4, "prune_fraction": 0.4},
 }
 DEFAULT_RECIPE = "structured"   # what `shifter_tf.train_portfolio` uses without a config
 

@@ -22,7 +22,9 @@ Phases (each heavy step in its own process, results of every step kept in OUT/ra
 5. the Pareto benchmark (`tools.bench.pareto`): the deployed portfolio against width-scaled
    dense baselines, tfmot's path, Reconvene, Sony MCT (`tools.bench.mct` in .venv-mct, when
    that environment exists) and the ablation arms -> OUT/PARETO.md.
-6. `tools.bench.report`: results.json, RESULTS.md (with PARETO.md) and plots.
+6. the Pareto benchmark per architecture (`tools.bench.archs`): VGG, ResNet-20 and MobileNetV2
+   on mnist5k and Fashion-MNIST, one recipe, against their own width baselines (ARCHS.md).
+7. `tools.bench.report`: results.json, RESULTS.md (with PARETO.md and ARCHS.md) and plots.
 
 The machine is shared: latency is measured after all building is done, never concurrently with
 our own jobs, and ratios are taken pair by pair; the 1-minute load average is recorded.
@@ -188,7 +190,8 @@ def main(argv=None) -> int:
     ap.add_argument("--switcher-repeats", type=int, default=5)
     ap.add_argument("--surgery-runs", type=int, default=3)
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["switcher", "surgery", "synthetic", "trained", "pareto", "mct"])
+                    choices=["switcher", "surgery", "synthetic", "trained", "pareto", "mct",
+                             "archs"])
     ap.add_argument("--budget-min", type=float, default=30.0,
                     help="wall budget; latency rounds shrink when it runs out")
     ap.add_argument("--jobs", type=int, default=2, help="parallel model builders")
@@ -301,13 +304,19 @@ def main(argv=None) -> int:
                                      "--config", args.config, "--out", out), logs)
     phases["pareto"] = time.perf_counter() - t
 
+    # 6. the Pareto benchmark per architecture and data set (tools.bench.archs; cached)
+    t = time.perf_counter()
+    if "archs" not in args.skip:
+        run_step("archs", bench_cmd(host_python(), "archs", "--out", out), logs, check=False)
+    phases["archs"] = time.perf_counter() - t
+
     meta["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
     meta["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     meta["bench_wall_s"] = round(time.perf_counter() - start, 1)
     meta["deploy_dirs"] = {k: v["dir"] for k, v in deploys.items()}
     atomic_write_json(raw / "meta.json", meta)
 
-    # 6. results.json, RESULTS.md, plots
+    # 7. results.json, RESULTS.md (with PARETO.md and ARCHS.md), plots
     run_step("report", bench_cmd(host_python(), "report", "--out", out), logs)
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min: {out / 'RESULTS.md'}")
     return 0

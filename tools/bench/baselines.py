@@ -53,8 +53,9 @@ def _cached(path: Path):
 
 
 def cached_baseline(config: str, folder: Path, width: float, epochs: int) -> dict:
-    """vgg-style model of the config at `width`, trained from scratch for `epochs` epochs with
-    the config's recipe (warm-up and milestones scaled with the epochs)."""
+    """The config's model at `width` times its own width (`model.kwargs.width`, default 1),
+    trained from scratch for `epochs` epochs with the config's recipe (warm-up and milestones
+    scaled with the epochs)."""
     pid = f"baseline/w{width:g}_e{epochs}"
     folder.mkdir(parents=True, exist_ok=True)
     hit = _cached(folder / f"w{width:g}_e{epochs}.json")
@@ -67,7 +68,8 @@ def cached_baseline(config: str, folder: Path, width: float, epochs: int) -> dic
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg.model.name, data.input_shape, data.num_classes,
-                        **{**cfg.model.kwargs, "width": width})
+                        **{**cfg.model.kwargs,
+                           "width": width * cfg.model.kwargs.get("width", 1.0)})
     engine.compile_model(model, tr, engine.steps_per_epoch(data, tr.batch_size))
     t = time.perf_counter()
     print(f"  baseline width {width} x {epochs} epochs", flush=True)

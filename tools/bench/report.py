@@ -305,9 +305,9 @@ def main(argv=None) -> int:
         atomic_write_json(out / "results.json", results)
     plots = plot(results, out)
     text = render(results)
-    pareto = out / "PARETO.md"
-    if pareto.exists():
-        text += "\n" + pareto.read_text()
+    for part in (out / "PARETO.md", out / "ARCHS.md"):
+        if part.exists():
+            text += "\n" + part.read_text()
     atomic_write_text(out / "RESULTS.md", text)
     print(f"wrote {out / 'results.json'}, {out / 'RESULTS.md'}, "
           + ", ".join(str(p) for p in [*written, *plots]))

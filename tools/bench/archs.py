@@ -1,0 +1,154 @@
+"""The Pareto benchmark per architecture and data set: does the portfolio beat "train a smaller
+model" on the edge families (residual, inverted-residual), not only on the plain VGG?
+
+    .venv/bin/python -m tools.bench.archs --out bench [--only NAME ...] [--no-ablation]
+
+For each entry of ARCHS (one config each, all with the same recipe): `shifter-tf run` deploys
+the portfolio (fp32 dense + pruned) into OUT/archs/NAME/run (resumed if it was cut short), then
+`tools.bench.pareto` trains the width-scaled baselines of the same architecture (one training's
+epochs and the whole run's), the ablation arm (the group step replaced by the filter step) and
+times every file interleaved at 1 thread: OUT/archs/NAME/PARETO.md and plots/pareto.png.
+Finally OUT/ARCHS.md: one summary table (the issue's bar: a variant within 1 point of dense and
+>= 2x faster; every baseline covered), then per architecture its plot and table. Every step is
+cached, so a rerun redoes only what is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from shifter_tf.util.io import atomic_write_text  # (no TensorFlow import)
+from tools.bench import pareto, report
+from tools.bench.common import ROOT, logger, module_cmd
+from tools.bench.numbers import coverage
+
+# name -> config; every config uses the `cheap_groups` recipe (the configs say so).
+ARCHS = {
+    "vgg_small-mnist5k": "configs/mnist5k_vgg_cheap.yaml",
+    "vgg_small-fashion": "configs/fashion_vgg.yaml",
+    "resnet20-mnist5k": "configs/mnist5k_resnet20.yaml",
+    "resnet20-fashion": "configs/fashion_resnet20.yaml",
+    "mobilenet_v2-mnist5k": "configs/mnist5k_mobilenet.yaml",
+    "mobilenet_v2-fashion": "configs/fashion_mobilenet.yaml",
+}
+ABLATION = "filters_only=lottery.structure=filters"
+SPEEDUP, WITHIN = 2.0, 0.01
+
+log = logger("archs")
+
+
+def deploy(name: str, config: str, folder: Path, logs: Path) -> Path:
+    """The portfolio of `config` in folder/run (fp32 dense + pruned, as the Pareto compares)."""
+    run = folder / "run"
+    if (run / "portfolio" / "manifest.json").exists():
+        return run
+    log(f"{name}: training and deploying the portfolio ({config})")
+    cmd = pareto.shifter("run", "--config", config, "--out", run,
+                         "--set", "export.precisions=[fp32]", "--set", "export.kinds=[dense,pruned]",
+                         "--set", "export.latency_runs=5", "--set", "export.threads=[1]",
+                         "--set", "train.verbose=0")
+    if (run / "levels").exists():
+        cmd.append("--resume")
+    pareto.run_quiet(cmd, logs / f"{name}_run.log")
+    return run
+
+
+def compare(name: str, config: str, folder: Path, logs: Path, rounds: int, ablation: bool
+            ) -> None:
+    """tools.bench.pareto on the run: baselines, the ablation arm, interleaved timing."""
+    if (folder / "raw" / "pareto.json").exists():
+        return
+    log(f"{name}: baselines{', ablation' if ablation else ''} and timing")
+    skip = ["tfmot", "pai", "mct", "recipes", *([] if ablation else ["arms"])]
+    cmd = module_cmd(sys.executable, "tools.bench.pareto", "--run", folder / "run",
+                     "--config", config, "--out", folder, "--rounds", rounds, "--skip", *skip,
+                     *(["--arms", ABLATION] if ablation else []))
+    pareto.run_quiet(cmd, logs / f"{name}_pareto.log")
+
+
+def verdict(doc: dict) -> dict:
+    """The issue's bar for one architecture, from its raw/pareto.json."""
+    pts = doc["points"]
+    deployed = [p for p in pts if p["source"] == "portfolio"]
+    dense = next(p for p in deployed if p["kind"] == "dense")
+    ok = [v for v in deployed if v["kind"] == "pruned"
+          and v["accuracy"] >= dense["accuracy"] - WITHIN]
+    best = max(ok, key=lambda v: v["speedup"], default=None)
+    base = [b for b in pts if b["source"].startswith("baseline")]
+    missed = [b for b in base if coverage(deployed, b) is None]
+    arm = [p for p in pts if p["source"].startswith("arm:")
+           and p["accuracy"] >= dense["accuracy"] - WITHIN]
+    arm_best = max(arm, key=lambda v: v["speedup"], default=None)
+    return {"dense": dense, "best": best, "baselines": len(base), "missed": missed,
+            "arm_best": arm_best, "epochs": doc["run_epochs"], "dense_epochs": doc["level_epochs"],
+            "passed": bool(best and best["speedup"] >= SPEEDUP and not missed)}
+
+
+def _pt(p) -> str:
+    return f"{report._label(p)} {p['accuracy']:.3f} at {p['speedup']:.2f}×" if p else "none"
+
+
+def render(out: Path, names: list[str]) -> str:
+    """OUT/ARCHS.md: the summary table, then each architecture's plot and Pareto table."""
+    docs = {n: json.loads((out / "archs" / n / "raw" / "pareto.json").read_text())
+            for n in names if (out / "archs" / n / "raw" / "pareto.json").exists()}
+    lines = ["## The Pareto benchmark per architecture", "",
+             "Each row: one config (`configs/`), the same recipe for all; the portfolio's dense "
+             "and pruned fp32 variants against the same architecture width-scaled "
+             f"({', '.join(f'×{w:g}' for w in pareto.WIDTHS)}) and trained from scratch with "
+             "the same recipe at one training's epochs and at the whole run's; 1 thread, timed "
+             "interleaved (speed-up = median of round-by-round ratios to dense). Bar: a pruned "
+             f"variant within {WITHIN * 100:.0f} point of dense and ≥ {SPEEDUP:g}× faster, and "
+             "every baseline covered (≤ 0.5 point less accurate at ≤ 1.1× its latency). "
+             "Ablation: the same run with the filter step instead of the group step.", "",
+             "| architecture / data | dense acc | run epochs (× dense) | fastest within 1 point "
+             "| baselines covered | ablation: fastest within 1 point | bar |",
+             "|:--|--:|--:|:--|--:|:--|:--|"]
+    for n, doc in docs.items():
+        v = verdict(doc)
+        lines.append(f"| {n} | {v['dense']['accuracy']:.3f} | {v['epochs']} "
+                     f"({v['epochs'] / v['dense_epochs']:.1f}×) | {_pt(v['best'])} | "
+                     f"{v['baselines'] - len(v['missed'])} of {v['baselines']} | "
+                     f"{_pt(v['arm_best']) if doc.get('arms') else '—'} | "
+                     f"{'met' if v['passed'] else '**not met**'} |")
+    for n, doc in docs.items():
+        v = verdict(doc)
+        lines += ["", f"### {n}", "", f"![{n}](archs/{n}/plots/pareto.png)", "",
+                  *report.pareto_table(doc["points"]), ""]
+        lines += [f"- Not covered: {report._label(b)} ({b['accuracy']:.3f} at "
+                  f"{b['ms']:.3f} ms)." for b in v["missed"]]
+        lines += report.ablation(doc, doc["points"])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench")
+    ap.add_argument("--only", nargs="*", choices=sorted(ARCHS), default=None)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--no-ablation", action="store_true",
+                    help="skip the filter-step arm (one more run per architecture)")
+    ap.add_argument("--render-only", action="store_true")
+    args = ap.parse_args(argv)
+    out = Path(args.out).resolve()
+    names = args.only or list(ARCHS)
+    started = time.perf_counter()
+    for n in names if not args.render_only else []:
+        folder, config = out / "archs" / n, str(ROOT / ARCHS[n])
+        try:
+            deploy(n, config, folder, out / "logs")
+            compare(n, config, folder, out / "logs", args.rounds, not args.no_ablation)
+        except SystemExit as e:      # one failed architecture must not cost the others
+            log(f"{n} failed, left out: {e}")
+    text = render(out, names)
+    atomic_write_text(out / "ARCHS.md", text)
+    log(f"wrote {out / 'ARCHS.md'} in {(time.perf_counter() - started) / 60:.1f} min")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
