@@ -22,9 +22,12 @@ Phases (each heavy step in its own process, results of every step kept in OUT/ra
 5. the Pareto benchmark (`tools.bench.pareto`): the deployed portfolio against width-scaled
    dense baselines, tfmot's path, Reconvene, Sony MCT (`tools.bench.mct` in .venv-mct, when
    that environment exists) and the ablation arms -> OUT/PARETO.md.
-6. the Pareto benchmark per architecture (`tools.bench.archs`): VGG, ResNet-20 and MobileNetV2
+6. seconds per training step, dense vs sparse level (`tools.bench.step_time`; STEP_TIME.md),
+   for the embedded default and for MobileNetV2 with the group step (steps_groups/).
+7. the Pareto benchmark per architecture (`tools.bench.archs`): VGG, ResNet-20 and MobileNetV2
    on mnist5k and Fashion-MNIST, one recipe, against their own width baselines (ARCHS.md).
-7. `tools.bench.report`: results.json, RESULTS.md (with PARETO.md and ARCHS.md) and plots.
+8. `tools.bench.report`: results.json, RESULTS.md (with PARETO.md, ARCHS.md, STEP_TIME.md) and
+   plots.
 
 The machine is shared: latency is measured after all building is done, never concurrently with
 our own jobs, and ratios are taken pair by pair; the 1-minute load average is recorded.
@@ -191,7 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--surgery-runs", type=int, default=3)
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=["switcher", "surgery", "synthetic", "trained", "pareto", "mct",
-                             "archs"])
+                             "steps", "archs"])
     ap.add_argument("--budget-min", type=float, default=30.0,
                     help="wall budget; latency rounds shrink when it runs out")
     ap.add_argument("--jobs", type=int, default=2, help="parallel model builders")
@@ -304,7 +307,18 @@ def main(argv=None) -> int:
                                      "--config", args.config, "--out", out), logs)
     phases["pareto"] = time.perf_counter() - t
 
-    # 6. the Pareto benchmark per architecture and data set (tools.bench.archs; cached)
+    # 6. seconds per training step, dense vs sparse level (the embedded default's recipe and
+    #    the group step's), interleaved
+    t = time.perf_counter()
+    if "steps" not in args.skip:
+        run_step("step_time", bench_cmd(host_python(), "step_time", "--config", args.config,
+                                        "--out", out), logs, check=False)
+        run_step("step_time_groups", bench_cmd(host_python(), "step_time", "--config",
+                                               "configs/mnist5k_mobilenet.yaml", "--out",
+                                               out / "steps_groups"), logs, check=False)
+    phases["steps"] = time.perf_counter() - t
+
+    # 7. the Pareto benchmark per architecture and data set (tools.bench.archs; cached)
     t = time.perf_counter()
     if "archs" not in args.skip:
         run_step("archs", bench_cmd(host_python(), "archs", "--out", out), logs, check=False)
@@ -316,7 +330,7 @@ def main(argv=None) -> int:
     meta["deploy_dirs"] = {k: v["dir"] for k, v in deploys.items()}
     atomic_write_json(raw / "meta.json", meta)
 
-    # 7. results.json, RESULTS.md (with PARETO.md and ARCHS.md), plots
+    # 8. results.json, RESULTS.md (with PARETO.md, ARCHS.md and STEP_TIME.md), plots
     run_step("report", bench_cmd(host_python(), "report", "--out", out), logs)
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min: {out / 'RESULTS.md'}")
     return 0

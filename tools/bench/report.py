@@ -305,7 +305,8 @@ def main(argv=None) -> int:
         atomic_write_json(out / "results.json", results)
     plots = plot(results, out)
     text = render(results)
-    for part in (out / "PARETO.md", out / "ARCHS.md"):
+    for part in (out / "PARETO.md", out / "ARCHS.md", out / "STEP_TIME.md",
+                 out / "steps_groups" / "STEP_TIME.md"):
         if part.exists():
             text += "\n" + part.read_text()
     atomic_write_text(out / "RESULTS.md", text)
