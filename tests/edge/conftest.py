@@ -23,6 +23,14 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TIME_SCALE = float(os.environ.get("EDGE_TESTS_TIME_SCALE", "1"))
 PORTFOLIO = FIXTURES / "portfolio"
 IDS = ["L00-dense-fp32", "L02-pruned-fp32", "L04-pruned-fp32", "L04-pruned-int8"]
+#: What the runtimes' native code prints to file descriptor 2 on its own: the delegate notice,
+#: and cpuinfo's complaints where /sys/devices/system/cpu is missing (qemu user-mode, containers).
+NATIVE_NOISE = ("INFO: Created TensorFlow Lite", "Error in cpuinfo:", "Warning in cpuinfo:")
+
+
+def product_lines(stderr: str) -> list[str]:
+    """The non-empty stderr lines our own code wrote (the runtimes' native notices dropped)."""
+    return [l for l in stderr.splitlines() if l.strip() and not l.startswith(NATIVE_NOISE)]
 
 
 @pytest.fixture(scope="session", autouse=True)

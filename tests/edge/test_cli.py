@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import IDS, ROOT, TIME_SCALE, child_env
+from conftest import IDS, ROOT, TIME_SCALE, child_env, product_lines
 from edge_runtime.cli import main
 
 
@@ -91,7 +91,7 @@ def test_bad_input_is_one_line_nonzero_exit(portfolio, tmp_path, ref_inputs, cap
              "{TXT}": str(tmp_path / "t.npy"), "{GOOD}": str(tmp_path / "good.npy")}
     code = main([subst.get(a, a) for a in argv])
     err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if not l.startswith("INFO: Created TensorFlow Lite")]
+    lines = product_lines(err)
     assert code != 0
     assert len(lines) == 1 and lines[0].startswith(pattern), err
     assert "Traceback" not in err

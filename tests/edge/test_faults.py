@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, IDS, ROOT
+from conftest import FIXTURES, IDS, ROOT, product_lines
 from edge_runtime.manifest import ManifestError, sha256_bytes, write_manifest
 from edge_runtime.switcher import VariantUnavailable
 
@@ -47,9 +47,7 @@ def edge_cli(*args, cwd=ROOT, cache=None):
         env["EDGE_RUNTIME_CACHE"] = str(cache)
     r = subprocess.run([sys.executable, "-m", "edge_runtime", *map(str, args)], cwd=cwd,
                        capture_output=True, text=True, timeout=120, env=env)
-    lines = [l for l in r.stderr.splitlines()
-             if l.strip() and not l.startswith("INFO: Created TensorFlow Lite")]
-    return r.returncode, lines, r.stdout, r.stderr
+    return r.returncode, product_lines(r.stderr), r.stdout, r.stderr
 
 
 # ------------------------------------------------------------------ a variant that does not fit
