@@ -23,7 +23,6 @@ from shifter_tf.config.schema import Config, from_dict, load_config
 from shifter_tf.data.sets import Dataset, Normalization, model_normalizes
 from shifter_tf.errors import DataError
 
-# The embedded default's measured recipe (README "Beating a smaller model"), not the paper's.
 PY_DATA = "python"   # data.name of a run whose data came through this API
 
 

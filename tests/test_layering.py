@@ -90,3 +90,19 @@ def test_modules_stay_small_and_tools_need_no_path_hacks():
 def test_only_the_api_the_pipeline_the_cli_and_errors_at_the_top():
     top = sorted(f.stem for f in (ROOT / "shifter_tf").glob("*.py") if f.stem != "__init__")
     assert top == ["api", "cli", "errors", "pipeline"]
+
+
+def test_public_api_is_lazy_and_every_name_resolves():
+    """`import shifter_tf` loads no TensorFlow; each name of the public API then imports from
+    the sub-package the table names, and unknown names are an AttributeError."""
+    code = ("import sys, shifter_tf as s\n"
+            "assert 'tensorflow' not in sys.modules, 'import shifter_tf loaded TensorFlow'\n"
+            "missing = [n for n in s.__all__ if getattr(s, n, None) is None]\n"
+            "assert not missing, missing\n"
+            "assert {'train_portfolio', 'prune', 'export_portfolio', 'Portfolio', 'image_folder',\n"
+            "        'prune_structured', 'to_tf_keras', 'to_keras3', 'run_pai', 'load_config',\n"
+            "        'Config'} <= set(dir(s))\n"
+            "try:\n    s.no_such_name\nexcept AttributeError:\n    print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import flatbuffers
 import numpy as np
 
-from edge_runtime import tflite_metadata as S
+from edge_runtime import tflite_metadata as schema
 from shifter_tf.errors import ExportError
 
 LABELS_FILE = "labels.txt"
@@ -61,31 +61,32 @@ def _strings(b: flatbuffers.Builder, d: dict, names: dict) -> dict:
 
 
 def _files(b: flatbuffers.Builder, files: Sequence[dict]) -> int:
-    types = {v: k for k, v in S.FILE_TYPES.items()}
-    offs = [_table(b, _strings(b, f, {"name": S.FILE_NAME, "description": S.FILE_DESCRIPTION}),
-                   {S.FILE_TYPE: types[f.get("type", "UNKNOWN")]}) for f in files]
+    types = {v: k for k, v in schema.FILE_TYPES.items()}
+    names = {"name": schema.FILE_NAME, "description": schema.FILE_DESCRIPTION}
+    offs = [_table(b, _strings(b, f, names),
+                   {schema.FILE_TYPE: types[f.get("type", "UNKNOWN")]}) for f in files]
     return _offsets(b, offs)
 
 
 def _tensor(b: flatbuffers.Builder, t: dict) -> int:
-    F = S.TENSOR_FIELDS
+    F = schema.TENSOR_FIELDS
     fields = _strings(b, t, {"name": F["name"], "description": F["description"]})
-    kinds = {v: k for k, v in S.CONTENT_KINDS.items()}
+    kinds = {v: k for k, v in schema.CONTENT_KINDS.items()}
     kind = kinds[t.get("content", "feature")]
-    spaces = {v: k for k, v in S.COLOR_SPACES.items()}
-    props = _table(b, {}, {S.IMAGE_COLOR_SPACE: spaces[t["color_space"]]}
+    spaces = {v: k for k, v in schema.COLOR_SPACES.items()}
+    props = _table(b, {}, {schema.IMAGE_COLOR_SPACE: spaces[t["color_space"]]}
                    if kind == kinds["image"] and t.get("color_space") else None)
-    fields[F["content"]] = _table(b, {S.CONTENT_PROPERTIES: props},
-                                  {S.CONTENT_PROPERTIES_TYPE: kind})
+    fields[F["content"]] = _table(b, {schema.CONTENT_PROPERTIES: props},
+                                  {schema.CONTENT_PROPERTIES_TYPE: kind})
     if t.get("normalization"):
         n = t["normalization"]
-        opts = _table(b, {S.NORMALIZATION_MEAN: _floats(b, n["mean"]),
-                          S.NORMALIZATION_STD: _floats(b, n["std"])})
-        unit = _table(b, {S.PROCESS_UNIT_OPTIONS: opts}, {S.PROCESS_UNIT_OPTIONS_TYPE: 1})
+        opts = _table(b, {schema.NORMALIZATION_MEAN: _floats(b, n["mean"]),
+                          schema.NORMALIZATION_STD: _floats(b, n["std"])})
+        unit = _table(b, {schema.PROCESS_UNIT_OPTIONS: opts}, {schema.PROCESS_UNIT_OPTIONS_TYPE: 1})
         fields[F["process_units"]] = _offsets(b, [unit])
     if t.get("stats"):
-        fields[F["stats"]] = _table(b, {S.STATS_MAX: _floats(b, t["stats"]["max"]),
-                                        S.STATS_MIN: _floats(b, t["stats"]["min"])})
+        fields[F["stats"]] = _table(b, {schema.STATS_MAX: _floats(b, t["stats"]["max"]),
+                                        schema.STATS_MIN: _floats(b, t["stats"]["min"])})
     if t.get("associated_files"):
         fields[F["associated_files"]] = _files(b, t["associated_files"])
     return _table(b, fields)
@@ -98,15 +99,15 @@ def build_metadata(meta: dict) -> bytes:
     b = flatbuffers.Builder(1024)
     inputs = _offsets(b, [_tensor(b, t) for t in meta.get("inputs", [])])
     outputs = _offsets(b, [_tensor(b, t) for t in meta.get("outputs", [])])
-    graph = _table(b, {S.SUBGRAPH_FIELDS["input_tensor_metadata"]: inputs,
-                       S.SUBGRAPH_FIELDS["output_tensor_metadata"]: outputs})
-    M = S.MODEL_FIELDS
+    graph = _table(b, {schema.SUBGRAPH_FIELDS["input_tensor_metadata"]: inputs,
+                       schema.SUBGRAPH_FIELDS["output_tensor_metadata"]: outputs})
+    M = schema.MODEL_FIELDS
     fields = _strings(b, meta, {k: M[k] for k in ("name", "description", "version", "author",
                                                   "license", "min_parser_version")})
     fields[M["subgraph_metadata"]] = _offsets(b, [graph])
     if meta.get("associated_files"):
         fields[M["associated_files"]] = _files(b, meta["associated_files"])
-    b.Finish(_table(b, fields), file_identifier=S.FILE_IDENTIFIER)
+    b.Finish(_table(b, fields), file_identifier=schema.FILE_IDENTIFIER)
     return bytes(b.Output())
 
 
@@ -129,13 +130,13 @@ def attach(model: bytes, metadata: bytes, files: Optional[dict] = None) -> bytes
     m = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     buf = fb.BufferT()
     buf.data = np.frombuffer(metadata, np.uint8)
-    entries = [e for e in (m.metadata or []) if e.name.decode() == S.METADATA_NAME]
+    entries = [e for e in (m.metadata or []) if e.name.decode() == schema.METADATA_NAME]
     if entries:
         m.buffers[entries[0].buffer] = buf
     else:
         m.buffers.append(buf)
         entry = fb.MetadataT()
-        entry.name = S.METADATA_NAME
+        entry.name = schema.METADATA_NAME
         entry.buffer = len(m.buffers) - 1
         m.metadata = list(m.metadata or []) + [entry]
     out = io.BytesIO(bytes(flatbuffer_utils.convert_object_to_bytearray(m)))
@@ -232,7 +233,7 @@ def variant_metadata(model: bytes, task: dict, variant: dict, author: str) -> di
             "portfolio (manifest.json beside it lists every variant and its measured accuracy "
             "and latency).")
     return {"name": task["name"], "version": variant["id"], "description": desc,
-            "author": author, "min_parser_version": S.MIN_PARSER_VERSION,
+            "author": author, "min_parser_version": schema.MIN_PARSER_VERSION,
             "inputs": [_input(task, in_type)], "outputs": [_output(task, out_type)]}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import shifter_tf  # noqa: F401
 import tf_keras as keras
 
-from shifter_tf.graph import layer_kinds as K
+from shifter_tf.graph import layer_kinds as kinds_of
 from shifter_tf.graph.deps import DependencyGraph, model_graph
 from shifter_tf.models import iter_layers
 
@@ -106,18 +106,19 @@ def build_index(model: keras.Model, exclude: Iterable[str] = ()) -> GroupIndex:
 
     for call in ir.calls:
         kind = kinds[call.index].kind
-        if kind not in (K.PRODUCER, K.DEPTHWISE, K.CHANNELWISE) or not call.inputs:
+        if (kind not in (kinds_of.PRODUCER, kinds_of.DEPTHWISE, kinds_of.CHANNELWISE)
+                or not call.inputs):
             continue
         layer, name = call.layer, call.layer.name
         gin = tg[call.inputs[0]]
         gout = tg[call.outputs[0]] if call.outputs else None
         if len(ir.calls_of(layer)) > 1:
-            if kind != K.CHANNELWISE or layer.weights:
+            if kind != kinds_of.CHANNELWISE or layer.weights:
                 spoil(gin, gout)
             continue
         t_in, t_out = ir.tensors[call.inputs[0]], ir.tensors[call.outputs[0]]
         positions = _prod(t_out.shape[1:-1])
-        if kind == K.PRODUCER:
+        if kind == kinds_of.PRODUCER:
             ok = (type(layer) in KERNEL_PRODUCERS and getattr(layer, "groups", 1) == 1
                   and gin is not None and gout is not None
                   and len(gin) == layer.kernel.shape[-2] and len(gout) == layer.kernel.shape[-1])
@@ -130,7 +131,7 @@ def build_index(model: keras.Model, exclude: Iterable[str] = ()) -> GroupIndex:
             made[gout] = True
             if name in excluded:
                 spoil(gout)
-        elif kind == K.DEPTHWISE:
+        elif kind == kinds_of.DEPTHWISE:
             if type(layer) not in DEPTHWISE or gin is None:
                 spoil(gin, gout)
                 continue
@@ -141,7 +142,7 @@ def build_index(model: keras.Model, exclude: Iterable[str] = ()) -> GroupIndex:
             idx.bns[name] = gin
             if len(t_in.consumers) == 1:
                 before = ir.calls[t_in.producer]
-                if kinds[before.index].kind in (K.PRODUCER, K.DEPTHWISE):
+                if kinds[before.index].kind in (kinds_of.PRODUCER, kinds_of.DEPTHWISE):
                     idx.scaled.add(before.layer.name)
     idx.eligible = ~bad & made
     return idx

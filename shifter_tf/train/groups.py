@@ -10,16 +10,18 @@ nothing to remove; this step ranks and kills groups instead.
 
 Before each IMP level's global magnitude allocation:
 
-1. **Score** each surviving eligible group: the mean of its members' layer-relative scores
-   (DepGraph's group importance, Fang et al. CVPR 2023, with a mean reduction): |γ| of every BN
+1. **Score** each surviving eligible group: the sum of its members' layer-relative scores
+   (DepGraph's group importance, Fang et al. CVPR 2023, with a sum reduction): |γ| of every BN
    channel in the group (network slimming), the L2 norm of a producer filter or depthwise channel
    that no BN follows directly, the L2 norm of every consumer's input slice. Each layer's scores
    are divided by that layer's mean over surviving channels, so layers are comparable.
 2. **Weigh by cost**: the importance is divided by (MACs the group frees / mean over groups) **
    `group_cost`, so the budget goes where the time is (0 = importance only).
-3. **Kill** the `filter_fraction` of surviving eligible groups with the lowest weighted score,
-   skipping a group whenever it would take a layer below its minimum width
-   (max(`min_channels`, ceil(`min_width` x original width)), never more than the layer had).
+3. **Kill** groups in ascending weighted score until they free `filter_fraction` of the
+   surviving groups' MACs (a MAC budget, not a count: a count quota with cost weighting emptied
+   whole residual streams in one level), skipping a group whenever it would take a layer below
+   its minimum width (max(`min_channels`, ceil(`min_width` x original width))) or cut more than
+   half of a layer's surviving channels in one level.
 4. **Hold at zero**: the producers' filters and the readers' input slices are cleared in the
    masks tfmot holds (`allowed`), and during training a callback (one traced function per batch)
    keeps at zero what tfmot does not mask: producer biases, depthwise channels (tfmot 0.8 gives

@@ -8,7 +8,9 @@ callbacks, that is Python and eager ops between steps, every batch: on vgg_small
 assigns of `HoldDeadChannels` alone cost about as much as a quarter of a training step on a
 loaded 2-core machine (`python -m tools.bench.step_time`). `HookedModel` runs the same ops at the
 start and end of the traced train step instead: one graph per level, no Python between batches,
-the same values in the same order (so a level trains to the same weights and masks).
+the same ops in the same order. Both paths keep the masks and dead channels at every step
+(tests/test_steps.py); their weights agree closely but not bit for bit (about 1e-3 after a few
+steps: the ops fuse into one graph differently).
 
 On a `tf.distribute` strategy the hooks run in cross-replica context (`merge_call`), as the
 callbacks did, so a mirrored variable is assigned on every replica at once.

@@ -12,8 +12,9 @@ traced step reads, assigned between levels:
   at zero are variables too (`KeepPruned.set_allowed`, `VariableHold`);
 - the optimizer is reset (iterations and slots to zero: a fresh optimizer's state), so the LR
   schedule restarts as learning-rate rewinding wants and a level trains as a rebuilt one would.
-A level built this way trains to the same weights and masks as a rebuilt level
-(tests/test_steps.py), so `--resume` (which rebuilds) continues the same run.
+A level built this way reaches the same densities and killed filters as a rebuilt level
+(tests/test_steps.py; weights agree closely, not bit for bit), so `--resume` (which rebuilds)
+continues the same recipe.
 """
 from __future__ import annotations
 
