@@ -183,4 +183,22 @@ def test_archs_summary_applies_the_issue_bar(tmp_path):
     assert "| short | 0.900 | 18 (3.0×) | L04-pruned-fp32 0.895 at 2.50× | 1 of 2 | — | " \
            "**not met** |" in text
     assert "Not covered: baseline/w0.25_e18" in text and "absent" not in text
+    # A recipe side by side (with the run's dense model) is judged against the baselines of one
+    # training and of its own total epochs only; the run's recipe is not judged against its
+    # longer baselines.
+    long = pt("baseline/w0.25_e72", "baseline_e72", "dense", 0.95, 0.02)
+    twelve = pt("recipe:12x/L09-pruned-fp32", "recipe:12x", "pruned", 0.96, 0.019, 9)
+    doc = json.loads((tmp_path / "archs/good/raw/pareto.json").read_text())
+    doc["points"] += [long, twelve]
+    doc["recipes"] = {"12x": {"sets": "lottery.levels=11", "epochs": 72}}
+    assert archs.verdict(doc)["passed"] and archs.verdict(doc)["baselines"] == 1
+    v = archs.verdict(doc, "12x")
+    assert v["best"] == twelve and v["baselines"] == 2 and v["epochs"] == 72 and v["passed"]
+    doc["points"].remove(twelve)
+    v = archs.verdict(doc, "12x")
+    assert v["best"] is None and v["missed"] == [covered, long] and not v["passed"]
+    (tmp_path / "archs/good/raw/pareto.json").write_text(json.dumps(doc))
+    text = archs.render(tmp_path, ["good"])
+    assert "| good, recipe 12x (`lottery.levels=11`) | 0.900 | 72 (12.0×) | none | 0 of 2 | — | " \
+           "**not met** |" in text
     assert "| 4 | 0.130 | 0.895 / 40 / 2.50× | 0.899 / 3 / 1.25× |" in text

@@ -74,21 +74,32 @@ def compare(name: str, config: str, folder: Path, logs: Path, rounds: int, ablat
     pareto.run_quiet(cmd, logs / f"{name}_pareto.log")
 
 
-def verdict(doc: dict) -> dict:
-    """The issue's bar for one architecture, from its raw/pareto.json."""
+def _epochs(point: dict) -> int:
+    """A baseline's training epochs (its source is `baseline_e<epochs>`)."""
+    return int(point.get("epochs") or point["source"].rpartition("_e")[2])
+
+
+def verdict(doc: dict, recipe: str | None = None) -> dict:
+    """The issue's bar for one architecture, from its raw/pareto.json: for the run's own recipe,
+    or for `recipe` (one of the recipes trained side by side, with the run's dense model).
+    The baselines it must cover are those trained for one training's epochs and for that
+    recipe's total epochs (another recipe's longer baselines are not its peers)."""
     pts = doc["points"]
-    deployed = [p for p in pts if p["source"] == "portfolio"]
-    dense = next(p for p in deployed if p["kind"] == "dense")
+    dense = next(p for p in pts if p["source"] == "portfolio" and p["kind"] == "dense")
+    source = "portfolio" if recipe is None else f"recipe:{recipe}"
+    epochs = doc["run_epochs"] if recipe is None else doc["recipes"][recipe]["epochs"]
+    deployed = [dense, *(p for p in pts if p["source"] == source and p["kind"] == "pruned")]
     ok = [v for v in deployed if v["kind"] == "pruned"
           and v["accuracy"] >= dense["accuracy"] - WITHIN]
     best = max(ok, key=lambda v: v["speedup"], default=None)
-    base = [b for b in pts if b["source"].startswith("baseline")]
+    base = [b for b in pts if b["source"].startswith("baseline")
+            and _epochs(b) in (doc["level_epochs"], epochs)]
     missed = [b for b in base if coverage(deployed, b) is None]
     arm = [p for p in pts if p["source"].startswith("arm:")
            and p["accuracy"] >= dense["accuracy"] - WITHIN]
-    arm_best = max(arm, key=lambda v: v["speedup"], default=None)
+    arm_best = max(arm, key=lambda v: v["speedup"], default=None) if recipe is None else None
     return {"dense": dense, "best": best, "baselines": len(base), "missed": missed,
-            "arm_best": arm_best, "epochs": doc["run_epochs"], "dense_epochs": doc["level_epochs"],
+            "arm_best": arm_best, "epochs": epochs, "dense_epochs": doc["level_epochs"],
             "passed": bool(best and best["speedup"] >= SPEEDUP and not missed)}
 
 
@@ -113,12 +124,15 @@ def render(out: Path, names: list[str]) -> str:
              "| baselines covered | ablation: fastest within 1 point | bar |",
              "|:--|--:|--:|:--|--:|:--|:--|"]
     for n, doc in docs.items():
-        v = verdict(doc)
-        lines.append(f"| {n} | {v['dense']['accuracy']:.3f} | {v['epochs']} "
-                     f"({v['epochs'] / v['dense_epochs']:.1f}×) | {_pt(v['best'])} | "
-                     f"{v['baselines'] - len(v['missed'])} of {v['baselines']} | "
-                     f"{_pt(v['arm_best']) if doc.get('arms') else '—'} | "
-                     f"{'met' if v['passed'] else '**not met**'} |")
+        for recipe in [None, *(doc.get("recipes") or {})]:
+            v = verdict(doc, recipe)
+            row = n if recipe is None else f"{n}, recipe {recipe} " \
+                f"(`{doc['recipes'][recipe]['sets']}`)"
+            lines.append(f"| {row} | {v['dense']['accuracy']:.3f} | {v['epochs']} "
+                         f"({v['epochs'] / v['dense_epochs']:.1f}×) | {_pt(v['best'])} | "
+                         f"{v['baselines'] - len(v['missed'])} of {v['baselines']} | "
+                         f"{_pt(v['arm_best']) if doc.get('arms') and recipe is None else '—'}"
+                         f" | {'met' if v['passed'] else '**not met**'} |")
     for n, doc in docs.items():
         v = verdict(doc)
         lines += ["", f"### {n}", "", f"![{n}](archs/{n}/plots/pareto.png)", "",
