@@ -119,7 +119,10 @@ def render(out: Path, names: list[str]) -> str:
              "interleaved (speed-up = median of round-by-round ratios to dense). Bar: a pruned "
              f"variant within {WITHIN * 100:.0f} point of dense and ≥ {SPEEDUP:g}× faster, and "
              "every baseline covered (≤ 0.5 point less accurate at ≤ 1.1× its latency). "
-             "Ablation: the same run with the filter step instead of the group step.", "",
+             "Ablation: the same run with the filter step instead of the group step. A row "
+             "`NAME, recipe R (settings)` is another recipe trained side by side on the same "
+             "config, judged with the run's dense model against the baselines of one training "
+             "and of its own total epochs.", "",
              "| architecture / data | dense acc | run epochs (× dense) | fastest within 1 point "
              "| baselines covered | ablation: fastest within 1 point | bar |",
              "|:--|--:|--:|:--|--:|:--|:--|"]
