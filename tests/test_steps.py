@@ -96,8 +96,9 @@ def test_cheap_schedule_trains_short_levels_at_the_expected_densities(tmp_path, 
 
 
 @pytest.mark.parametrize("lot", [FILTERS, {**FILTERS, "structure": "none", "rewind": "weights",
-                                           "schedule": "oneshot"}],
-                         ids=["filters_lr_polynomial", "plain_weights_oneshot"])
+                                           "schedule": "oneshot"},
+                                 {**FILTERS, "structure": "groups", "rewind": "lr"}],
+                         ids=["filters_lr_polynomial", "plain_weights_oneshot", "groups_lr"])
 def test_reused_trainer_trains_levels_as_rebuilt_ones(lot, mnist_tiny):
     """Levels 1 and 2 on one compiled SparseTrainer (what run_lottery does) against each level
     built and traced anew: the same density and killed filters, and one trace."""
@@ -114,6 +115,13 @@ def test_reused_trainer_trains_levels_as_rebuilt_ones(lot, mnist_tiny):
                                                      masks, strategy, cache=cache)
             out.append((lottery.get_weights(model), masks, r))
         runs[cache is None] = out
+        if lot["structure"] == "groups":   # dead groups' BN channels held at zero on both paths
+            from shifter_tf.train import groups
+            idx = groups.build_index(model)
+            dead = groups.dead_groups(idx, masks)
+            assert dead.any()
+            for n, gs in idx.bns.items():
+                assert not model.get_layer(n).gamma.numpy()[dead[gs]].any(), n
         if cache is not None:
             t = cache["trainer"]
             assert isinstance(t, SparseTrainer)

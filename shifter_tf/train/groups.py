@@ -233,6 +233,38 @@ def hold_pairs(idx: GroupIndex, model: keras.Model, dead: np.ndarray, masked: It
     return list(merged.values())
 
 
+def pruned_index(model: keras.Model, pruned: Iterable[str]) -> GroupIndex:
+    """The group index of a run whose pruned (masked) layers are `pruned`; the other kernel
+    producers are left out of pruning."""
+    pruned = set(pruned)
+    exclude = [n for n, l in _layers(model).items()
+               if type(l) in KERNEL_PRODUCERS and n not in pruned]
+    return build_index(model, exclude)
+
+
+class VariableGroupHold:
+    """`HoldDeadGroups` with its keep-arrays in variables, for a train step traced once: every
+    variable any group could hold gets one (all ones until a group it belongs to dies), and
+    `set_dead` assigns a level's."""
+
+    def __init__(self, model: keras.Model, pruned: list[str]):
+        self.model, self.pruned = model, list(pruned)
+        self.idx = pruned_index(model, pruned)
+        every = hold_pairs(self.idx, model, np.ones(self.idx.n_groups, bool), self.pruned)
+        self.keep = {id(v): (v, tf.Variable(tf.ones(v.shape, v.dtype), trainable=False))
+                     for v, _ in every}
+
+    def set_dead(self, allowed: dict) -> None:
+        now = {id(v): k for v, k in hold_pairs(self.idx, self.model,
+                                               dead_groups(self.idx, allowed), self.pruned)}
+        for key, (_, k) in self.keep.items():
+            k.assign(now[key] if key in now else np.ones(k.shape, k.dtype.as_numpy_dtype))
+
+    def hold(self) -> None:
+        for v, k in self.keep.values():
+            v.assign(v * k)
+
+
 class HoldDeadGroups(keras.callbacks.Callback):
     """Keep every member of a dead group that tfmot does not mask at zero during training.
 
@@ -255,9 +287,7 @@ class HoldDeadGroups(keras.callbacks.Callback):
     @classmethod
     def for_level(cls, model: keras.Model, allowed: dict) -> "HoldDeadGroups":
         """The callback of a level whose pruned layers may keep `allowed`."""
-        exclude = [n for n, l in _layers(model).items()
-                   if type(l) in KERNEL_PRODUCERS and n not in allowed]
-        idx = build_index(model, exclude)
+        idx = pruned_index(model, allowed)
         return cls(hold_pairs(idx, model, dead_groups(idx, allowed), allowed))
 
     def hold(self) -> None:

@@ -8,8 +8,9 @@ cheap recipe's levels reuse one `SparseTrainer`: every value a level changes is 
 traced step reads, assigned between levels:
 - each layer's ramp is tfmot's `PolynomialDecay` with its start/end sparsity and steps in
   variables (`LevelSchedule`; a level without a ramp never re-picks, like `FixedMask`);
-- the allowed set of `wrappers.KeepPruned` and the channels `structure.HoldDeadChannels` holds
-  at zero are variables too (`KeepPruned.set_allowed`, `VariableHold`);
+- the allowed set of `wrappers.KeepPruned` and what the structure step holds at zero (dead
+  channels, or every member of a dead group) are variables too (`KeepPruned.set_allowed`,
+  `VariableHold`, `groups.VariableGroupHold`);
 - the optimizer is reset (iterations and slots to zero: a fresh optimizer's state), so the LR
   schedule restarts as learning-rate rewinding wants and a level trains as a rebuilt one would.
 A level built this way reaches the same densities and killed filters as a rebuilt level
@@ -27,7 +28,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from shifter_tf.train import engine, magnitude, steps, structure, wrappers
+from shifter_tf.train import engine, groups, magnitude, steps, structure, wrappers
 
 sparsity = tfmot.sparsity.keras
 _NEVER = 2 ** 62            # a begin step no run reaches: the mask is never re-picked
@@ -107,8 +108,9 @@ class SparseTrainer:
             self.wrapped = wrappers.wrap(model, self.schedules)
             self.keep = wrappers.KeepPruned(self.wrapped, {
                 n: np.ones(k.shape, bool) for n, k in magnitude.kernels(model, names).items()})
-            self.hold = (VariableHold(model, names)
-                         if cfg.lottery.structure == "filters" else None)
+            self.hold = {"filters": lambda: VariableHold(model, names),
+                         "groups": lambda: groups.VariableGroupHold(model, names)}.get(
+                cfg.lottery.structure, lambda: None)()
             end = [self.keep.and_masks] + ([self.hold.hold] if self.hold else [])
             self.fit_model = steps.hooked(self.wrapped, begin=[self.keep.zero_disallowed],
                                           end=end)
@@ -119,7 +121,8 @@ class SparseTrainer:
     @staticmethod
     def supports(cfg) -> bool:
         """Structures whose holding this trainer keeps in variables (others rebuild)."""
-        return cfg.lottery.structure in ("none", "filters") and cfg.train.compiled is None
+        return (cfg.lottery.structure in ("none", "filters", "groups")
+                and cfg.train.compiled is None)
 
     def start_level(self, allowed: magnitude.Masks, new_masks: magnitude.Masks,
                     steps_: int) -> None:
@@ -133,8 +136,11 @@ class SparseTrainer:
                 start = end
             sch.set(start, end, max(step0, 0), ramp, freq)
         self.keep.set_allowed(allowed)
-        if self.hold is not None:
+        if isinstance(self.hold, VariableHold):
             self.hold.set_dead({n: ~structure.filter_alive(m) for n, m in allowed.items()})
+        elif self.hold is not None:
+            self.hold.set_dead(allowed)
+        if self.hold is not None:
             self.hold.hold()
         wrappers.assign_masks(self.wrapped, new_masks if lt.schedule == "oneshot" else allowed)
         for v in self.fit_model.optimizer.variables:
