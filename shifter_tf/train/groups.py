@@ -245,7 +245,7 @@ def pruned_index(model: keras.Model, pruned: Iterable[str]) -> GroupIndex:
 class VariableGroupHold:
     """`HoldDeadGroups` with its keep-arrays in variables, for a train step traced once: every
     variable any group could hold gets one (all ones until a group it belongs to dies), and
-    `set_dead` assigns a level's."""
+    `set_allowed` assigns a level's."""
 
     def __init__(self, model: keras.Model, pruned: list[str]):
         self.model, self.pruned = model, list(pruned)
@@ -254,7 +254,8 @@ class VariableGroupHold:
         self.keep = {id(v): (v, tf.Variable(tf.ones(v.shape, v.dtype), trainable=False))
                      for v, _ in every}
 
-    def set_dead(self, allowed: dict) -> None:
+    def set_allowed(self, allowed: dict) -> None:
+        """Hold every member of the groups `allowed` leaves empty (all others: ones)."""
         now = {id(v): k for v, k in hold_pairs(self.idx, self.model,
                                                dead_groups(self.idx, allowed), self.pruned)}
         for key, (_, k) in self.keep.items():

@@ -85,7 +85,9 @@ class VariableHold:
                                 for v, _ in structure.hold_pairs(model, dead)]
         self.pairs = [p for ps in self.by_layer.values() for p in ps]
 
-    def set_dead(self, dead: dict) -> None:
+    def set_allowed(self, allowed: magnitude.Masks) -> None:
+        """Hold the channels of the filters `allowed` leaves empty (all others: ones)."""
+        dead = {n: ~structure.filter_alive(m) for n, m in allowed.items()}
         for n, ps in self.by_layer.items():
             keep = (~dead[n]).astype(np.float32) if n in dead else None
             for _, k in ps:
@@ -94,6 +96,10 @@ class VariableHold:
     def hold(self) -> None:
         for v, k in self.pairs:
             v.assign(v * k)
+
+
+# lottery.structure -> the variable-backed hold of what that structure step kills
+HOLDS = {"filters": VariableHold, "groups": groups.VariableGroupHold}
 
 
 class SparseTrainer:
@@ -108,9 +114,8 @@ class SparseTrainer:
             self.wrapped = wrappers.wrap(model, self.schedules)
             self.keep = wrappers.KeepPruned(self.wrapped, {
                 n: np.ones(k.shape, bool) for n, k in magnitude.kernels(model, names).items()})
-            self.hold = {"filters": lambda: VariableHold(model, names),
-                         "groups": lambda: groups.VariableGroupHold(model, names)}.get(
-                cfg.lottery.structure, lambda: None)()
+            hold = HOLDS.get(cfg.lottery.structure)
+            self.hold = hold(model, names) if hold else None
             end = [self.keep.and_masks] + ([self.hold.hold] if self.hold else [])
             self.fit_model = steps.hooked(self.wrapped, begin=[self.keep.zero_disallowed],
                                           end=end)
@@ -121,7 +126,7 @@ class SparseTrainer:
     @staticmethod
     def supports(cfg) -> bool:
         """Structures whose holding this trainer keeps in variables (others rebuild)."""
-        return (cfg.lottery.structure in ("none", "filters", "groups")
+        return (cfg.lottery.structure in ("none", *HOLDS)
                 and cfg.train.compiled is None)
 
     def start_level(self, allowed: magnitude.Masks, new_masks: magnitude.Masks,
@@ -136,11 +141,8 @@ class SparseTrainer:
                 start = end
             sch.set(start, end, max(step0, 0), ramp, freq)
         self.keep.set_allowed(allowed)
-        if isinstance(self.hold, VariableHold):
-            self.hold.set_dead({n: ~structure.filter_alive(m) for n, m in allowed.items()})
-        elif self.hold is not None:
-            self.hold.set_dead(allowed)
         if self.hold is not None:
+            self.hold.set_allowed(allowed)
             self.hold.hold()
         wrappers.assign_masks(self.wrapped, new_masks if lt.schedule == "oneshot" else allowed)
         for v in self.fit_model.optimizer.variables:
