@@ -192,3 +192,17 @@ def test_depthwise_convs_stay_dense_and_wrapping_works():
     wrappers.assign_masks(wrapped, masks)
     for n, w in wrappers.wrappers(wrapped).items():
         assert (w.pruning_vars[0][1].numpy().astype(bool) == masks[n]).all()
+
+
+def test_every_level_is_saved_with_recalibrated_bn_statistics(oneshot_run, mnist_tiny):
+    """A second recalibration of a saved level (same weights, same batches) changes nothing."""
+    import tf_keras as keras
+    from shifter_tf.train import engine
+    cfg, run, results = oneshot_run
+    for level in (0, cfg.lottery.levels):
+        model = lottery.load_level_model(run, level)
+        bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+        saved = [b.moving_variance.numpy().copy() for b in bns]
+        assert engine.recalibrate_bn(model, mnist_tiny, cfg.train) == len(bns) > 0
+        for b, v in zip(bns, saved):
+            np.testing.assert_allclose(b.moving_variance.numpy(), v, rtol=1e-4, atol=1e-6)

@@ -61,6 +61,9 @@ class TrainConfig:
     milestones: list[float] = field(default_factory=list)   # epochs where lr *= gamma
     gamma: float = 0.1
     label_smoothing: float = 0.0
+    # After training, every trainable BatchNormalization's moving mean/variance is recomputed as
+    # the plain average over this many training images (0 = keep Keras' running averages).
+    bn_recalibration: int = 1024
     strategy: str = "default"        # default | mirrored | multi_worker
     peer_timeout: float = 300.0      # multi_worker: seconds to wait for a peer (join, collective)
     verbose: int = 1                 # Keras progress: 0 silent, 1 bar, 2 line per epoch

@@ -55,7 +55,9 @@ def train_masked(cfg: Config, data: Dataset, model: keras.Model, plan: PaiPlan, 
     for name, w in wrappers(wrapped).items():
         if not np.array_equal(w.pruning_vars[0][1].numpy().astype(bool), plan.masks[name]):
             raise PaiError(f"{what}: tfmot changed the mask of {name} during training")
-    return sparsity.strip_pruning(wrapped), fit
+    model = sparsity.strip_pruning(wrapped)
+    engine.recalibrate_bn(model, data, cfg.train)
+    return model, fit
 
 
 # ---------------------------------------------------------------- one arm

@@ -64,6 +64,7 @@ def finetune_run(run: Path, cfg: Config, data: Dataset, pruned_path, progress: b
         engine.compile_model(model, recipe, engine.steps_per_epoch(data, recipe.batch_size))
         fit = engine.fit(model, data, recipe, seed=cfg.seed + 1000 + level,
                     what=f"fine-tuning level {level}")
+        engine.recalibrate_bn(model, data, recipe)
         metrics = {"level": level, "epochs": epochs, "lr": recipe.lr,
                    "train_seconds": fit.seconds,
                    "val_accuracy": engine.evaluate(model, data, "val"),

@@ -29,15 +29,10 @@ import tf_keras as keras
 from tqdm.auto import tqdm
 
 from shifter_tf.distributed import cluster
-from shifter_tf.train import groups
-from shifter_tf.train import magnitude
-from shifter_tf.train import structure
-from shifter_tf.train import wrappers
-from shifter_tf.train import engine
+from shifter_tf.train import engine, groups, magnitude, structure, wrappers
 from shifter_tf.train import steps as steps_
 from shifter_tf.train.trainer import SparseTrainer
-from shifter_tf.config.schema import (Config, level_lr, lottery_epochs,
-                                      save_config)
+from shifter_tf.config.schema import Config, level_lr, lottery_epochs, save_config
 from shifter_tf.train.resume import check_resume as resume_check, record_changes
 from shifter_tf.train.sanity import check_dense
 from shifter_tf.errors import ConfigError
@@ -331,6 +326,7 @@ def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
             raise ConfigError(f"lottery.rewind: rewind point {rewind_step(cfg, data)} iterations "
                               f"is beyond level 0's {fit.steps} iterations")
         rewind = s.capture.weights
+    engine.recalibrate_bn(model, data, s.recipe)
     result = LevelResult(
         level=level, target_density=target, density=magnitude.density(masks),
         train_seconds=fit.seconds, epochs=s.recipe.epochs,

@@ -74,6 +74,7 @@ def cached_baseline(config: str, folder: Path, width: float, epochs: int) -> dic
     t = time.perf_counter()
     print(f"  baseline width {width} x {epochs} epochs", flush=True)
     engine.fit(model, data, tr, seed=cfg.seed, what=pid)
+    engine.recalibrate_bn(model, data, tr)
     return _point(folder, pid, model, data,
                   {"source": f"baseline_e{epochs}", "kind": "dense", "width": width,
                    "epochs": epochs, "train_s": round(time.perf_counter() - t, 1)})
