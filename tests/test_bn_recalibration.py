@@ -53,7 +53,8 @@ def test_frozen_bn_and_zero_samples_leave_statistics_alone(mnist_tiny):
 
 
 def test_stale_running_averages_after_a_short_run_are_repaired(mnist_tiny):
-    """32 steps at Keras' momentum 0.99 leave ~72 % of the initial statistics in place."""
+    """After 32 steps of a first epoch the running averages (the zoo's momentum 0.9) describe
+    the weights of the last ten steps, which moved fast."""
     from shifter_tf.train import engine
     cfg = replace(tiny_config().train, batch_size=32, epochs=1, bn_recalibration=1024)
     model = _model(mnist_tiny)
