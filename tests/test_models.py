@@ -97,3 +97,23 @@ def test_resnet_old_width_spelling_is_a_clear_error():
     from shifter_tf.errors import ConfigError
     with pytest.raises(ConfigError, match="model.kwargs.width.*base_filters: 16"):
         from_dict({"model": {"name": "resnet20", "kwargs": {"width": 16}}}, "<old>")
+
+
+@pytest.mark.parametrize("name,shape", [("resnet20", (28, 28, 1)), ("resnet50", (64, 64, 3)),
+                                        ("mobilenet_v2", (28, 28, 1)),
+                                        ("mobilenet_v3_small", (32, 32, 3))])
+def test_zero_init_residual_starts_every_residual_block_as_the_identity(name, shape):
+    """With `zero_init_residual`, each Add's branch input is exactly 0 at initialisation (so
+    the block passes its shortcut through); without it, it is not."""
+    import numpy as np
+    import tf_keras as keras
+    x = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
+    for zero in (True, False):
+        keras.utils.set_random_seed(0)
+        model = build_model(name, shape, 10, zero_init_residual=zero)
+        adds = [l for l in model.layers if isinstance(l, keras.layers.Add)]
+        assert adds
+        branches = [a.input[1] for a in adds]   # (shortcut, branch) in every zoo block
+        outs = keras.Model(model.input, branches)(x, training=False)
+        peak = max(float(np.abs(o.numpy()).max()) for o in outs)
+        assert (peak == 0.0) == zero, (name, zero, peak)

@@ -13,9 +13,12 @@ import yaml
 #: signatures and `shifter_tf.models.register_model` adds entries for a user's builders.
 MODEL_KWARGS: dict[str, dict[str, type]] = {
     **{n: {"width": float} for n in ("vgg_small", "vgg11", "vgg13", "vgg16", "vgg19")},
-    **{n: {"width": float, "base_filters": int} for n in ("resnet20", "resnet32", "resnet56")},
-    **{n: {"small_input": bool, "width": float} for n in ("resnet18", "resnet50")},
-    **{n: {"width": float, "alpha": float, "last_channels": int, "dropout": float}
+    **{n: {"width": float, "base_filters": int, "zero_init_residual": bool}
+       for n in ("resnet20", "resnet32", "resnet56")},
+    **{n: {"small_input": bool, "width": float, "zero_init_residual": bool}
+       for n in ("resnet18", "resnet50")},
+    **{n: {"width": float, "alpha": float, "last_channels": int, "dropout": float,
+           "zero_init_residual": bool}
        for n in ("mobilenet_v2", "mobilenet_v3_small")},
 }
 #: `width` is a multiplier everywhere; the CIFAR ResNets' old `width` (base filters, >= 8) is

@@ -67,8 +67,9 @@ def _strides(input_shape, stages: int = 5) -> list[int]:
     return [2] * k + [1] * (stages - k)
 
 
-def _bn(x, name):
-    return L.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
+def _bn(x, name, zero_gamma=False):
+    return L.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+                                gamma_initializer="zeros" if zero_gamma else "ones")(x)
 
 
 def _conv(x, filters, kernel, stride, name, act):
@@ -96,9 +97,10 @@ def hard_swish(x, name):
 
 
 def inverted_residual(x, hidden: int, filters: int, stride: int, name: str,
-                      kernel: int = 3, act=relu6, se: bool = False):
+                      kernel: int = 3, act=relu6, se: bool = False, zero_init: bool = False):
     """1x1 expand to `hidden` (none when it equals the input's channels) -> kxk depthwise ->
-    (squeeze-excite) -> 1x1 project to `filters`, + x when the shapes match."""
+    (squeeze-excite) -> 1x1 project to `filters`, + x when the shapes match (then with the
+    project BN's γ starting at 0 if `zero_init`)."""
     cin = x.shape[-1]
     y = x
     if hidden != cin:
@@ -110,8 +112,9 @@ def inverted_residual(x, hidden: int, filters: int, stride: int, name: str,
         y = squeeze_excite(y, f"{name}_se")
     y = L.Conv2D(filters, 1, use_bias=False, kernel_initializer=kaiming(),
                  name=f"{name}_project")(y)
-    y = _bn(y, f"{name}_project_bn")
-    if stride == 1 and cin == filters:
+    residual = stride == 1 and cin == filters
+    y = _bn(y, f"{name}_project_bn", zero_gamma=zero_init and residual)
+    if residual:
         y = L.Add(name=f"{name}_add")([x, y])
     return y
 
@@ -128,9 +131,11 @@ def squeeze_excite(x, name, ratio: float = 0.25):
 
 
 def mobilenet_v2(input_shape, num_classes, width: float = 1.0, alpha: Optional[float] = None,
-                 last_channels: int = 1280, dropout: float = 0.0) -> keras.Model:
+                 last_channels: int = 1280, dropout: float = 0.0,
+                 zero_init_residual: bool = False) -> keras.Model:
     """MobileNetV2: stem 3x3/2 conv, 17 inverted-residual blocks, 1x1 conv to `last_channels`
-    (x width when width > 1, as Keras), global average pool, (dropout), dense classifier."""
+    (x width when width > 1, as Keras), global average pool, (dropout), dense classifier.
+    `zero_init_residual`: see `shifter_tf.models.resnet`."""
     width = _width(width, alpha)
     strides = iter(_strides(input_shape))
     inputs = keras.Input(shape=input_shape, name="input")
@@ -141,7 +146,8 @@ def mobilenet_v2(input_shape, num_classes, width: float = 1.0, alpha: Optional[f
         for i in range(n):
             block += 1
             x = inverted_residual(x, x.shape[-1] * t, make_divisible(c * width),
-                                  stage_stride if i == 0 else 1, f"block{block}")
+                                  stage_stride if i == 0 else 1, f"block{block}",
+                                  zero_init=zero_init_residual)
     last = make_divisible(last_channels * width) if width > 1.0 else int(last_channels)
     x = _conv(x, last, 1, 1, "head", relu6)
     x = L.GlobalAveragePooling2D(name="gap")(x)
@@ -153,7 +159,7 @@ def mobilenet_v2(input_shape, num_classes, width: float = 1.0, alpha: Optional[f
 
 def mobilenet_v3_small(input_shape, num_classes, width: float = 1.0,
                        alpha: Optional[float] = None, last_channels: int = 1024,
-                       dropout: float = 0.0) -> keras.Model:
+                       dropout: float = 0.0, zero_init_residual: bool = False) -> keras.Model:
     """MobileNetV3-small-like: stem 3x3/2 conv (hard-swish), 11 inverted-residual blocks with
     squeeze-excite and hard-swish where the paper has them, 1x1 conv to 576 x width
     (hard-swish), global average pool, dense `last_channels` (hard-swish), dense classifier."""
@@ -164,7 +170,8 @@ def mobilenet_v3_small(input_shape, num_classes, width: float = 1.0,
     for i, (k, exp, out, se, hs, s) in enumerate(V3_SMALL_BLOCKS, start=1):
         stride = next(strides) if s == 2 else 1
         x = inverted_residual(x, make_divisible(exp * width), make_divisible(out * width), stride,
-                              f"block{i}", kernel=k, act=hard_swish if hs else relu, se=se)
+                              f"block{i}", kernel=k, act=hard_swish if hs else relu, se=se,
+                              zero_init=zero_init_residual)
     x = _conv(x, make_divisible(576 * width), 1, 1, "head", hard_swish)
     x = L.GlobalAveragePooling2D(name="gap")(x)
     x = L.Dense(int(last_channels), kernel_initializer=kaiming(), name="head_fc")(x)
