@@ -166,7 +166,7 @@ def train_portfolio(model, train_data, validation_data=None, *, out: Union[str, 
     path = out / "input_model.keras"
     if not lottery.finished_levels(out):   # a finished run keeps the model it trained from
         atomic_save(path, lambda p: tk.save(p))
-    lot = {} if config is not None else {"recipe": DEFAULT_RECIPE}
+    lot = {} if config is not None else {"recipe": default_recipe(tk)}
     lot.update(levels=levels, prune_fraction=prune_fraction)
     cfg = _config(config, data={"name": None if data is None else PY_DATA},
                   model={"path": str(path.resolve())}, lottery=lot,
@@ -178,6 +178,16 @@ def train_portfolio(model, train_data, validation_data=None, *, out: Union[str, 
                                   callbacks=tf_keras_callbacks(callbacks),
                                   allow_changed_recipe=allow_changed_recipe)
     return Portfolio(out, results, lottery.run_data(cfg, out, data))
+
+
+def default_recipe(model) -> str:
+    """The recipe `train_portfolio` uses without a config: DEFAULT_RECIPE (the filter step)
+    when that step reaches at least 90 % of the model's conv filters, else `groups` (residual,
+    inverted-residual and concatenating networks, whose filters only die in groups)."""
+    from shifter_tf.train import magnitude, structure
+
+    reach, total = structure.filter_reach(model, magnitude.prunable_layers(model))
+    return DEFAULT_RECIPE if reach >= structure.REACH_MIN * total else "groups"
 
 
 def _run_and_data(portfolio, data):

@@ -161,3 +161,32 @@ def test_channel_graph_is_the_dependency_graph_through_concatenate_and_flatten()
     assert not cleared["c"][:, :, 4 + 1, :].any() and cleared["c"][:, :, 4, [0, 1, 3, 4]].all()
     rows = cleared["fc"].reshape(-1, 5, 10)          # Flatten: row = position * 5 + channel
     assert not rows[:, 2, :].any() and rows[:, 1, :].all()
+
+
+@pytest.mark.parametrize("name,shape,expected", [
+    ("vgg_small", (28, 28, 1), "structured"),     # a plain chain: every filter may die alone
+    ("resnet20", (28, 28, 1), "groups"),           # residual stages couple most of them
+    ("mobilenet_v2", (28, 28, 1), "groups"),       # expand -> depthwise, project -> Add
+])
+def test_filter_reach_and_the_api_default_recipe_follow_the_architecture(name, shape, expected):
+    from shifter_tf.api import default_recipe
+    model = build_model(name, shape, 10)
+    names = magnitude.prunable_layers(model)
+    reach, total = structure.filter_reach(model, names)
+    convs = [l for l in model.layers if type(l) is keras.layers.Conv2D]
+    assert total == sum(l.filters for l in convs)
+    assert default_recipe(model) == expected
+    say = structure.reach_warning(model, names)
+    if expected == "structured":
+        assert reach == total and say is None
+    else:
+        assert reach < 0.5 * total
+        assert f"{reach:,} of the {total:,}" in say and "lottery.recipe: groups" in say
+
+
+def test_filter_step_on_a_residual_net_warns_at_the_start_of_the_run(tmp_path, mnist_tiny):
+    cfg = tiny_config(model={"name": "resnet20", "kwargs": {"width": 0.25}},
+                      lottery={"structure": "filters"})
+    with pytest.warns(UserWarning, match="lottery.structure: filters can remove"):
+        lottery.run_lottery(cfg, tmp_path / "run", data=mnist_tiny, progress=False,
+                            stop_after=0)

@@ -7,9 +7,10 @@ come from. A recipe is a set of `lottery:` keys; keys a config gives explicitly 
   step (15 % of the surviving filters go at each level, so whole filters die from level 1 on) and
   learning-rate rewinding (Renda et al., ICLR 2020). Every level is a whole training: with the
   config's 11 levels, 12x the dense model's epochs. The embedded default and the Python API's
-  default.
+  default for plain chains.
 - `groups`: `structured` with the group-level step (`train.groups`): whole channel groups of the
-  dependency graph die, so residual, inverted-residual and concatenating networks shed width too.
+  dependency graph die, so residual, inverted-residual and concatenating networks shed width too
+  (the Python API's default for a model whose filters the filter step mostly cannot reach).
 - `cheap`: `structured`'s mechanisms at most 3x the dense epochs (`budget`), opt-in until the
   Pareto benchmark has compared it: 4 levels of 40 % with 20 % of the filters each, each level
   the last half of the schedule (budget 3 leaves 2 dense trainings for 4 levels: 3 of 6 epochs,
@@ -35,7 +36,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                      "group_cost": 1.0, "min_width": 0.1, "min_channels": 4, "budget": 3.0,
                      "levels": 4, "prune_fraction": 0.4},
 }
-DEFAULT_RECIPE = "structured"   # what `shifter_tf.train_portfolio` uses without a config
+DEFAULT_RECIPE = "structured"   # `shifter_tf.train_portfolio` without a config (plain chains)
 
 
 def expand(values: dict, source: str) -> dict:

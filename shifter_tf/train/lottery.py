@@ -16,6 +16,7 @@ Layout of a run folder (each level written atomically, so a killed run resumes c
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -262,6 +263,9 @@ def setup_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
         if reuse and trainer is None:
             trainer = cache["trainer"] = SparseTrainer(cfg, model, names, recipe, spe, strategy)
         if level == 0:
+            say = cfg.lottery.structure == "filters" and structure.reach_warning(model, names)
+            if say:
+                warnings.warn(say, stacklevel=2)
             s.new_masks = {n: np.ones(w.shape, bool)
                            for n, w in magnitude.kernels(model, names).items()}
             k = rewind_step(cfg, data)

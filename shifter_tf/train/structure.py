@@ -79,6 +79,33 @@ def channel_graph(model: keras.Model, names: list[str]) -> ChannelGraph:
     return g
 
 
+REACH_MIN = 0.9   # below this share of its conv filters in reach, a model needs the group step
+
+
+def filter_reach(model: keras.Model, names: list[str]) -> tuple[int, int]:
+    """(conv filters the filter step may remove alone, conv filters of all kernels in `names`):
+    all of them on a plain chain (VGG); few where residual `Add`s, depthwise convs or
+    `Concatenate` couple them (3 of 35 convs of MobileNetV2), which only the group step frees."""
+    layers = {l.name: l for l in iter_layers(model)}
+    convs = [n for n in names if isinstance(layers[n], L.Conv2D)
+             and not isinstance(layers[n], L.DepthwiseConv2D)]
+    reach = set(channel_graph(model, names).readers)
+    count = {n: int(layers[n].filters) for n in convs}
+    return sum(v for n, v in count.items() if n in reach), sum(count.values())
+
+
+def reach_warning(model: keras.Model, names: list[str]) -> Optional[str]:
+    """What to tell a user whose `lottery.structure: filters` can reach few of the model's
+    filters (None when it reaches at least REACH_MIN of them)."""
+    reach, total = filter_reach(model, names)
+    if not total or reach >= REACH_MIN * total:
+        return None
+    return (f"lottery.structure: filters can remove {reach:,} of the {total:,} conv filters of "
+            f"{model.name} (residual Add, depthwise or Concatenate couple the rest), so its "
+            "pruned levels will be barely faster than dense; `lottery.recipe: groups` (or "
+            "`lottery.structure: groups`) removes whole channel groups")
+
+
 def filter_alive(mask: np.ndarray) -> np.ndarray:
     """Per output channel: does any weight of its filter survive? (Conv2D / Dense kernels.)"""
     return mask.reshape(-1, mask.shape[-1]).any(axis=0)
