@@ -182,7 +182,16 @@ def test_archs_summary_applies_the_issue_bar(tmp_path):
            "arm:filters_only/L04-pruned-fp32 0.899 at 1.25× | met |" in text
     assert "| short | 0.900 | 18 (3.0×) | L04-pruned-fp32 0.895 at 2.50× | 1 of 2 | — | " \
            "**not met** |" in text
-    assert "Not covered: baseline/w0.25_e18" in text and "absent" not in text
+    assert ("- not covered: baseline/w0.25_e18 (0.890 at 0.020 ms); no deployed variant is "
+            "within 1.1× its latency; 1 SE of a difference at 100 test images: 4.4 points."
+            ) in text and "absent" not in text
+    better = pt("baseline/w0.5_e18", "baseline_e18", "dense", 0.91, 0.038)
+    doc = json.loads((tmp_path / "archs/short/raw/pareto.json").read_text())
+    doc["points"] = [dense, fast, better]
+    assert archs.missed_lines(doc) == [
+        "- not covered: baseline/w0.5_e18 (0.910 at 0.038 ms); nearest at ≤ 1.1× its latency: "
+        "L04-pruned-fp32 0.895 (-1.5 points); 1 SE of a difference at 100 test images: "
+        "4.0 points."]
     # A recipe side by side (with the run's dense model) is judged against the baselines of one
     # training and of its own total epochs only; the run's recipe is not judged against its
     # longer baselines.
@@ -201,4 +210,5 @@ def test_archs_summary_applies_the_issue_bar(tmp_path):
     text = archs.render(tmp_path, ["good"])
     assert "| good, recipe 12x (`lottery.levels=11`) | 0.900 | 72 (12.0×) | none | 0 of 2 | — | " \
            "**not met** |" in text
+    assert "- recipe 12x: not covered: baseline/w0.25_e72 (0.950 at 0.020 ms)" in text
     assert "| 4 | 0.130 | 0.895 / 40 / 2.50× | 0.899 / 3 / 1.25× |" in text
