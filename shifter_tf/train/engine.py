@@ -192,8 +192,9 @@ def evaluate(model: keras.Model, data: Dataset, split: str, batch_size: int = 25
 
 def recalibrate_bn(model: keras.Model, data: Dataset, cfg: TrainConfig) -> int:
     """Recompute every trainable BatchNormalization's moving mean and variance as the plain
-    average of its batch statistics over `cfg.bn_recalibration` training images (unshuffled, not
-    augmented), in training mode like PyTorch's `update_bn`; returns how many layers it set.
+    average of its batch statistics over `cfg.bn_recalibration` training images, drawn as
+    training draws them (shuffled, augmented if configured: splits may be sorted by class), in
+    training mode like PyTorch's `update_bn`; returns how many layers it set.
 
     Keras keeps exponential averages (momentum 0.9 in the zoo, 0.99 by default) of batches the
     weights have since moved away from: a 3-epoch MobileNetV2 level was measured at 0.59 test
@@ -207,7 +208,8 @@ def recalibrate_bn(model: keras.Model, data: Dataset, cfg: TrainConfig) -> int:
     seen = 0
     try:
         with stream_errors(f"BN recalibration: {data.name}", getattr(data, "bad_file", None)):
-            for i, (x, _) in enumerate(data.tf_dataset("train", cfg.batch_size), start=1):
+            batches = data.tf_dataset("train", cfg.batch_size, training=True, seed=0)
+            for i, (x, _) in enumerate(batches, start=1):
                 for layer in bns:          # moving = ((i-1) moving + batch) / i
                     layer.momentum = 1.0 - 1.0 / i
                 model(x, training=True)
