@@ -370,9 +370,11 @@ def test_degenerate_arrays_are_refused():
 
 # ------------------------------------------------------------------ a dense model at chance
 def test_a_dense_level_at_chance_stops_the_run(tmp_path):
-    """64 training images, one short epoch: level 0 predicts one class (0.100 on 10 classes)."""
+    """64 training images, one short epoch: level 0 predicts one class (0.100 on 10 classes)
+    with the BN statistics of that epoch (recalibrated, the same 2 steps already lift it)."""
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(data={"limit_train": 64}, lottery={"levels": 1},
+                                              train={"bn_recalibration": 0},
                                               portfolio={"stop_at_chance": True}).to_dict()))
     rc, lines, raw, _ = cli(["train", "--config", cfg, "--out", tmp_path / "run"], cwd=tmp_path)
     assert_one_line(rc, lines, raw, ["level 0 (dense)", "within noise of chance",

@@ -195,7 +195,8 @@ def test_depthwise_convs_stay_dense_and_wrapping_works():
 
 
 def test_every_level_is_saved_with_recalibrated_bn_statistics(oneshot_run, mnist_tiny):
-    """A second recalibration of a saved level (same weights, same batches) changes nothing."""
+    """A second recalibration of a saved level changes its variances by < 5 % (batches drawn
+    in another order); Keras' running averages differed from them by 33-49 % on this run."""
     import tf_keras as keras
     from shifter_tf.train import engine
     cfg, run, results = oneshot_run
@@ -205,4 +206,4 @@ def test_every_level_is_saved_with_recalibrated_bn_statistics(oneshot_run, mnist
         saved = [b.moving_variance.numpy().copy() for b in bns]
         assert engine.recalibrate_bn(model, mnist_tiny, cfg.train) == len(bns) > 0
         for b, v in zip(bns, saved):
-            np.testing.assert_allclose(b.moving_variance.numpy(), v, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(b.moving_variance.numpy(), v, rtol=0.05, atol=1e-6)
