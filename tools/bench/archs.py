@@ -99,6 +99,7 @@ def verdict(doc: dict, recipe: str | None = None) -> dict:
            and p["accuracy"] >= dense["accuracy"] - WITHIN]
     arm_best = max(arm, key=lambda v: v["speedup"], default=None) if recipe is None else None
     return {"dense": dense, "best": best, "baselines": len(base), "missed": missed,
+            "deployed": deployed,
             "arm_best": arm_best, "epochs": epochs, "dense_epochs": doc["level_epochs"],
             "passed": bool(best and best["speedup"] >= SPEEDUP and not missed)}
 
@@ -108,13 +109,10 @@ def missed_lines(doc: dict, recipe: str | None = None) -> list[str]:
     most 1.1x its latency, how far below it is, and one standard error of the difference of
     two accuracies on this many test images (a miss inside it is a coin flip at one seed)."""
     v = verdict(doc, recipe)
-    source = "portfolio" if recipe is None else f"recipe:{recipe}"
-    pts = doc["points"]
-    deployed = [v["dense"], *(p for p in pts if p["source"] == source and p["kind"] == "pruned")]
     n = doc.get("test_size") or 0
     out = []
     for b in v["missed"]:
-        fast = [d for d in deployed if d["ms"] <= LAT_SLACK * b["ms"]]
+        fast = [d for d in v["deployed"] if d["ms"] <= LAT_SLACK * b["ms"]]
         near = max(fast, key=lambda d: d["accuracy"], default=None)
         se = (2 * b["accuracy"] * (1 - b["accuracy"]) / n) ** 0.5 if n else None
         gap = (f"; nearest at ≤ {LAT_SLACK:g}× its latency: {report._label(near)} "
@@ -160,7 +158,6 @@ def render(out: Path, names: list[str]) -> str:
                          f"{_pt(v['arm_best']) if doc.get('arms') and recipe is None else '—'}"
                          f" | {'met' if v['passed'] else '**not met**'} |")
     for n, doc in docs.items():
-        v = verdict(doc)
         lines += ["", f"### {n}", "", f"![{n}](archs/{n}/plots/pareto.png)", "",
                   *report.pareto_table(doc["points"]), ""]
         for recipe in [None, *(doc.get("recipes") or {})]:
