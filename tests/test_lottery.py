@@ -10,6 +10,7 @@ import pytest
 
 from conftest import tiny_config
 from shifter_tf.train import lottery
+from shifter_tf.train.rewind import load_weights
 from shifter_tf.train import magnitude
 from shifter_tf.train.engine import TrainingError
 
@@ -58,7 +59,7 @@ def test_global_allocation_one_threshold_not_uniform(oneshot_run):
 
 def test_rewind_restores_theta_k_on_survivors(oneshot_run, mnist_tiny):
     cfg, run, _ = oneshot_run
-    rewind = lottery.load_weights(run / "rewind.npz")
+    rewind = load_weights(run / "rewind.npz")
     prev = lottery.load_level_model(run, 1)
     prev_masks = magnitude.load_masks(lottery.level_dir(run, 1) / "masks.npz")
     model = lottery.make_model(cfg, mnist_tiny)

@@ -9,6 +9,7 @@ import tf_keras as keras
 
 from shifter_tf.config.schema import lottery_epochs
 from shifter_tf.train import lottery, magnitude, structure, wrappers
+from shifter_tf.train.rewind import get_weights
 from shifter_tf.train.steps import HookedModel
 
 FILTERS = {"structure": "filters", "filter_fraction": 0.25, "levels": 2,
@@ -56,7 +57,7 @@ def test_in_step_holding_equals_callbacks_and_holds_every_step(level0, mnist_tin
         s.fit_model.fit(mnist_tiny.tf_dataset("train", 32, training=True, seed=1), epochs=1,
                         steps_per_epoch=STEPS, verbose=0, callbacks=[*s.callbacks, check])
         assert check.steps == STEPS
-        out[in_step] = lottery.get_weights(s.model), {
+        out[in_step] = get_weights(s.model), {
             n: w.pruning_vars[0][1].numpy() for n, w in wrappers.wrappers(s.trained).items()}
     # Both paths hold every step (Check above) and train the same layers. Their numbers are
     # not compared: measured here they drift apart by ~1e-3 relative within 3 steps.
@@ -113,7 +114,7 @@ def test_reused_trainer_trains_levels_as_rebuilt_ones(lot, mnist_tiny):
         for level in (1, 2):
             model, masks, r, _ = lottery.train_level(cfg, mnist_tiny, level, rewind, model,
                                                      masks, strategy, cache=cache)
-            out.append((lottery.get_weights(model), masks, r))
+            out.append((get_weights(model), masks, r))
         runs[cache is None] = out
         if lot["structure"] == "groups":   # dead groups' BN channels held at zero on both paths
             from shifter_tf.train import groups

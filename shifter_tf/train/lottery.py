@@ -32,6 +32,8 @@ from tqdm.auto import tqdm
 from shifter_tf.distributed import cluster
 from shifter_tf.train import engine, groups, magnitude, structure, wrappers
 from shifter_tf.train import steps as steps_
+from shifter_tf.train.rewind import (CaptureRewind, get_weights, load_weights, rewind_step,
+                                     save_weights, set_weights)
 from shifter_tf.train.trainer import SparseTrainer
 from shifter_tf.config.schema import Config, level_lr, lottery_epochs, save_config
 from shifter_tf.train.resume import check_resume as resume_check, record_changes
@@ -39,7 +41,7 @@ from shifter_tf.train.sanity import check_dense
 from shifter_tf.errors import ConfigError
 from shifter_tf.data.sets import Dataset, Normalization, model_normalizes
 from shifter_tf.data.loaders import load_dataset
-from shifter_tf.util.io import atomic_dir, atomic_save, atomic_write_json
+from shifter_tf.util.io import atomic_dir, atomic_write_json
 from shifter_tf.util.tables import markdown_table
 from shifter_tf.models import iter_layers, model_for
 
@@ -73,26 +75,6 @@ def make_model(cfg: Config, data: Dataset) -> keras.Model:
     """The config's model checked against the data: a zoo builder, or the user's file (Lambda
     and custom objects refused unless `model.unsafe`)."""
     return model_for(cfg.model, data.input_shape, data.num_classes)
-
-
-def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
-    return {f"{l.name}/{i}": w for l in iter_layers(model) for i, w in enumerate(l.get_weights())}
-
-
-def set_weights(model: keras.Model, weights: dict[str, np.ndarray]) -> None:
-    for l in iter_layers(model):
-        ws = [weights[f"{l.name}/{i}"] for i in range(len(l.weights))]
-        if ws:
-            l.set_weights(ws)
-
-
-def save_weights(path: Path, weights: dict[str, np.ndarray]) -> None:
-    atomic_save(path, lambda p: np.savez(p, **weights))
-
-
-def load_weights(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
 
 
 NORM_FILE = "normalization.json"
@@ -143,29 +125,7 @@ def load_results(run: Path) -> list[LevelResult]:
             for l in finished_levels(run)]
 
 
-class CaptureRewind(keras.callbacks.Callback):
-    """Copy every weight of the model after `step` iterations (θ_k)."""
-
-    def __init__(self, model: keras.Model, step: int):
-        super().__init__()
-        self.target, self.step, self.weights = model, step, None
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step -= 1
-        if self.step == 0 and self.weights is None:
-            self.weights = get_weights(self.target)
-
-
 # ---------------------------------------------------------------- one level
-def rewind_step(cfg: Config, data: Dataset) -> int:
-    lt = cfg.lottery
-    if lt.rewind_iterations is not None:
-        return int(lt.rewind_iterations)
-    if lt.rewind_epochs is not None:
-        return int(round(lt.rewind_epochs * engine.steps_per_epoch(data, cfg.train.batch_size)))
-    return 0
-
-
 def prepare_level(cfg: Config, model: keras.Model, names: list[str], level: int,
                   rewind: dict, prev_model: keras.Model, prev_masks: magnitude.Masks, steps: int,
                   trainer: Optional[SparseTrainer] = None

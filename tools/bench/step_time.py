@@ -53,25 +53,26 @@ def _builder(cfg, data, level: int, run):
     import numpy as np
     import tensorflow as tf
     from shifter_tf.train import lottery, magnitude, wrappers
+    from shifter_tf.train.rewind import CaptureRewind, get_weights, load_weights
 
     strategy = tf.distribute.get_strategy()
     if run is not None:
         prev = lottery.load_level_model(run, level - 1)
         masks = magnitude.load_masks(lottery.level_dir(run, level - 1) / "masks.npz")
-        rewind = lottery.load_weights(Path(run) / "rewind.npz")
+        rewind = load_weights(Path(run) / "rewind.npz")
     else:
         prev = lottery.make_model(cfg, data)
         names = magnitude.prunable_layers(prev, cfg.lottery.exclude_classifier,
                                           cfg.lottery.exclude_layers)
         masks = {n: np.ones(k.shape, bool) for n, k in magnitude.kernels(prev, names).items()}
-        rewind = lottery.get_weights(prev)
+        rewind = get_weights(prev)
     caches: dict = {}
 
     def build(arm):
         t = time.perf_counter()
         if arm == "dense":
             s = lottery.setup_level(cfg, data, 0, None, None, None, strategy)
-            s.callbacks = [c for c in s.callbacks if not isinstance(c, lottery.CaptureRewind)]
+            s.callbacks = [c for c in s.callbacks if not isinstance(c, CaptureRewind)]
             return s, time.perf_counter() - t
         if arm in ("sparse", "sparse_reused"):
             cache = caches.setdefault(arm, {})
