@@ -112,6 +112,11 @@ class LotteryConfig:
     min_width: float = 0.1           # no layer keeps fewer than this share of its channels...
     min_channels: int = 4            # ... nor fewer than this many (or all it has)
     gamma_l1: float = 0.0            # L1 penalty on BN γ during training (network slimming)
+    # Knowledge distillation on sparse levels (Hinton et al. 2015): the loss is (1 - distill) x
+    # the recipe's loss + distill x T² x KL(teacher || student) at temperature T, the teacher
+    # being the dense level 0. 0 = off.
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
 
 @dataclass
@@ -341,6 +346,10 @@ def _validate(cfg: Config, source: str) -> None:
                                             f"got {floor}")
     if lt.gamma_l1 < 0:
         bad("lottery.gamma_l1", f"must be >= 0, got {lt.gamma_l1}")
+    if not 0 <= lt.distill < 1:
+        bad("lottery.distill", f"must be in [0, 1) (the distillation term's weight), got {lt.distill}")
+    if not lt.distill_temperature > 0:
+        bad("lottery.distill_temperature", f"must be > 0, got {lt.distill_temperature}")
     if lt.target_density is not None:
         reachable = (1 - lt.prune_fraction) ** lt.levels
         if reachable > lt.target_density + 1e-12:

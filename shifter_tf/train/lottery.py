@@ -181,6 +181,16 @@ def level_recipe(cfg: Config, level: int):
     return engine.scaled(cfg.train, ep.level)
 
 
+def level_teacher(cfg: Config, teacher: Optional[keras.Model]) -> Optional[steps_.Teacher]:
+    """What a sparse level distils from: the dense model, when `lottery.distill` > 0."""
+    if not cfg.lottery.distill:
+        return None
+    if teacher is None:
+        raise ValueError("lottery.distill: a sparse level needs the dense level as its teacher")
+    return steps_.Teacher(teacher, cfg.lottery.distill, cfg.lottery.distill_temperature,
+                          steps_.ends_in_softmax(teacher))
+
+
 @dataclass
 class LevelSetup:
     """A level ready to fit: `model` (plain), `trained` (level 0: `model`, else tfmot-wrapped;
@@ -203,10 +213,12 @@ class LevelSetup:
 def setup_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 prev_model: Optional[keras.Model], prev_masks: Optional[magnitude.Masks],
                 strategy: tf.distribute.Strategy, hooks_in_step: bool = True,
-                cache: Optional[dict] = None) -> LevelSetup:
+                cache: Optional[dict] = None, teacher: Optional[keras.Model] = None
+                ) -> LevelSetup:
     """Build, wrap and compile one level; sparse holding runs in the train step (`steps`; not
     with `hooks_in_step=False`), and with a `cache` (a dict the run keeps) sparse levels reuse
-    one compiled `trainer.SparseTrainer` instead of tracing a new step."""
+    one compiled `trainer.SparseTrainer` instead of tracing a new step. A sparse level distils
+    from `teacher` (the dense level) when `lottery.distill` > 0."""
     recipe = level_recipe(cfg, level)
     spe = engine.steps_per_epoch(data, recipe.batch_size)
     steps = spe * recipe.epochs
@@ -221,7 +233,8 @@ def setup_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                                   cfg.lottery.exclude_layers)
         s = LevelSetup(level, recipe, names, model, model, model, [], {}, rewind=rewind)
         if reuse and trainer is None:
-            trainer = cache["trainer"] = SparseTrainer(cfg, model, names, recipe, spe, strategy)
+            trainer = cache["trainer"] = SparseTrainer(cfg, model, names, recipe, spe, strategy,
+                                                       level_teacher(cfg, teacher))
         if level == 0:
             say = cfg.lottery.structure == "filters" and structure.reach_warning(model, names)
             if say:
@@ -252,9 +265,11 @@ def setup_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 if hold is not None:
                     hold.hold()   # its on_train_begin
                 s.fit_model = steps_.hooked(s.trained, begin=[keep.zero_disallowed],
-                                            end=[keep.and_masks] + ([hold.hold] if hold else []))
+                                            end=[keep.and_masks] + ([hold.hold] if hold else []),
+                                            teacher=level_teacher(cfg, teacher))
             else:
                 s.callbacks += [keep] + ([hold] if hold else [])
+                s.fit_model = steps_.hooked(s.trained, teacher=level_teacher(cfg, teacher))
         if cfg.lottery.gamma_l1:
             s.fit_model.add_loss(structure.gamma_l1_loss(model, cfg.lottery.gamma_l1))
         engine.compile_model(s.fit_model, recipe, spe)
@@ -264,11 +279,12 @@ def setup_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
 def train_level(cfg: Config, data: Dataset, level: int, rewind: Optional[dict],
                 prev_model: Optional[keras.Model], prev_masks: Optional[magnitude.Masks],
                 strategy: tf.distribute.Strategy, user_callbacks: Sequence = (),
-                hooks_in_step: bool = True, cache: Optional[dict] = None
+                hooks_in_step: bool = True, cache: Optional[dict] = None,
+                teacher: Optional[keras.Model] = None
                 ) -> tuple[keras.Model, magnitude.Masks, LevelResult, Optional[dict]]:
     """Train one IMP level; returns the stripped model, its masks, metrics and θ_k (level 0)."""
     s = setup_level(cfg, data, level, rewind, prev_model, prev_masks, strategy, hooks_in_step,
-                    cache)
+                    cache, teacher)
     target = (1.0 - cfg.lottery.prune_fraction) ** level
     fit = engine.fit(s.fit_model, data, s.recipe, seed=cfg.seed + level,
                      what=f"level {level} (density {target:.4f})",
@@ -347,6 +363,10 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
         prev_model = load_level_model(run, last)
         prev_masks = magnitude.load_masks(level_dir(run, last) / "masks.npz")
         rewind = load_weights(run / "rewind.npz")
+    teacher = None     # lottery.distill: the dense level, what every sparse level learns from
+    if done and cfg.lottery.distill:
+        with strategy.scope():
+            teacher = load_level_model(run, 0)
     first = (done[-1] + 1) if done else 0
     record_changes(run, changes, first, cfg.lottery.levels)
     bar = tqdm(range(first, cfg.lottery.levels + 1), desc="IMP levels", unit="level",
@@ -354,11 +374,13 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
     cache: dict = {}       # the sparse levels' compiled trainer, reused (trainer.py)
     for level in bar:
         model, masks, result, rewind = train_level(cfg, data, level, rewind, prev_model,
-                                                   prev_masks, strategy, callbacks, cache=cache)
+                                                   prev_masks, strategy, callbacks, cache=cache,
+                                                   teacher=teacher)
         cluster.check_identical(strategy, f"level {level}", masks=masks, threshold=result.threshold)
         if level == 0:
             check_dense(cfg, data, result.test_accuracy, run)
             save_weights(run / "rewind.npz", rewind)
+            teacher = model if cfg.lottery.distill else None
         _save_level(run, model, masks, result)
         results.append(result)
         atomic_write_json(run / "lottery.json", [asdict(r) for r in results])

@@ -14,16 +14,50 @@ steps: the ops fuse into one graph differently).
 
 On a `tf.distribute` strategy the hooks run in cross-replica context (`merge_call`), as the
 callbacks did, so a mirrored variable is assigned on every replica at once.
+
+With a `Teacher` the step also distils (Hinton et al. 2015): the teacher's outputs on the same
+batch, softened at temperature T, pull the student's (`lottery.distill`).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import shifter_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
 Hook = Callable[[], None]
+
+
+@dataclass
+class Teacher:
+    """A frozen model whose outputs the student learns to match: weight `alpha` of the loss,
+    temperature `temperature`; `probabilities` when the models end in a softmax."""
+    model: keras.Model
+    alpha: float
+    temperature: float = 4.0
+    probabilities: bool = False
+
+    def loss(self, x, student_out) -> tf.Tensor:
+        """T² · KL(teacher_T || student_T), averaged as Keras averages a loss across replicas."""
+        t_out = tf.stop_gradient(self.model(x, training=False))
+        if self.probabilities:      # log p = logits - logsumexp: the same softened distribution
+            t_out, student_out = (tf.math.log(tf.clip_by_value(o, 1e-7, 1.0))
+                                  for o in (t_out, student_out))
+        temp = self.temperature
+        p_t = tf.nn.softmax(t_out / temp)
+        log_s = tf.nn.log_softmax(student_out / temp)
+        kl = tf.reduce_sum(p_t * (tf.math.log(tf.clip_by_value(p_t, 1e-12, 1.0)) - log_s), -1)
+        return tf.nn.compute_average_loss(kl) * temp * temp
+
+
+def ends_in_softmax(model: keras.Model) -> bool:
+    """True when the model's output is a softmax (probabilities), not logits."""
+    last = model.layers[-1]
+    act = getattr(last, "activation", None)
+    return (isinstance(last, keras.layers.Softmax)
+            or getattr(act, "__name__", None) == "softmax")
 
 
 class HookedModel(keras.Model):
@@ -33,9 +67,10 @@ class HookedModel(keras.Model):
     made from; this one only trains."""
 
     def __init__(self, inputs, outputs, begin: Sequence[Hook] = (), end: Sequence[Hook] = (),
-                 **kwargs):
+                 teacher: Optional[Teacher] = None, **kwargs):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self._begin_hooks, self._end_hooks = tuple(begin), tuple(end)
+        self._teacher = teacher
 
     def _should_use_autograph(self):
         # tf_keras converts a subclassed model's `call` with AutoGraph (not a plain functional
@@ -59,14 +94,29 @@ class HookedModel(keras.Model):
 
     def train_step(self, data):
         self._run(self._begin_hooks)
-        logs = super().train_step(data)
+        logs = super().train_step(data) if self._teacher is None else self._distil_step(data)
         self._run(self._end_hooks)
         return logs
 
+    def _distil_step(self, data):
+        """Keras' train step with the loss (1 - α) · compiled loss + α · distillation; the
+        regularisation losses (`add_loss`) are added unscaled."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        alpha = self._teacher.alpha
+        with tf.GradientTape() as tape:
+            out = self(x, training=True)
+            task = self.compiled_loss(y, out, sample_weight)
+            loss = (1.0 - alpha) * task + alpha * self._teacher.loss(x, out)
+            if self.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        return self.compute_metrics(x, y, out, sample_weight)
 
-def hooked(model: keras.Model, begin: Sequence[Hook] = (), end: Sequence[Hook] = ()
-           ) -> keras.Model:
-    """`model` to train with `begin`/`end` run inside each step (`model` itself if no hooks)."""
-    if not begin and not end:
+
+def hooked(model: keras.Model, begin: Sequence[Hook] = (), end: Sequence[Hook] = (),
+           teacher: Optional[Teacher] = None) -> keras.Model:
+    """`model` to train with `begin`/`end` run inside each step, distilling from `teacher` if
+    given (`model` itself if neither)."""
+    if not begin and not end and teacher is None:
         return model
-    return HookedModel(model.inputs, model.outputs, begin, end, name=model.name)
+    return HookedModel(model.inputs, model.outputs, begin, end, teacher, name=model.name)

@@ -106,7 +106,7 @@ class SparseTrainer:
     """The wrapped model, its in-step holding and its compiled step, reused level after level."""
 
     def __init__(self, cfg, model: keras.Model, names: list[str], recipe, steps_per_epoch: int,
-                 strategy: tf.distribute.Strategy):
+                 strategy: tf.distribute.Strategy, teacher: Optional[steps.Teacher] = None):
         self.cfg, self.model, self.names, self.recipe = cfg, model, names, recipe
         self.steps_per_epoch = steps_per_epoch
         with strategy.scope():
@@ -118,7 +118,7 @@ class SparseTrainer:
             self.hold = hold(model, names) if hold else None
             end = [self.keep.and_masks] + ([self.hold.hold] if self.hold else [])
             self.fit_model = steps.hooked(self.wrapped, begin=[self.keep.zero_disallowed],
-                                          end=end)
+                                          end=end, teacher=teacher)
             if cfg.lottery.gamma_l1:
                 self.fit_model.add_loss(structure.gamma_l1_loss(model, cfg.lottery.gamma_l1))
             engine.compile_model(self.fit_model, recipe, steps_per_epoch)
