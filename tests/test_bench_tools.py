@@ -212,3 +212,27 @@ def test_archs_summary_applies_the_issue_bar(tmp_path):
            "**not met** |" in text
     assert "- recipe 12x: not covered: baseline/w0.25_e72 (0.950 at 0.020 ms)" in text
     assert "| 4 | 0.130 | 0.895 / 40 / 2.50× | 0.899 / 3 / 1.25× |" in text
+
+
+def test_pareto_keeps_recipes_trained_before_with_their_settings(tmp_path):
+    """A recipe folder deployed by an earlier invocation stays in the next one: its settings
+    are read back from spec.json, or (older folders) from its config's difference to the row's."""
+    from shifter_tf.config.schema import load_config, save_config
+    from tools.bench import pareto
+    cfg_path = str(ROOT / "configs" / "fashion_vgg.yaml")
+    base = load_config(cfg_path)
+    recipes = tmp_path / "recipes"
+    for name, lottery in (("old", {"levels": 11, "distill": 0.7}), ("named", {"levels": 2}),
+                          ("spec", {"levels": 3})):
+        folder = recipes / name
+        (folder / "portfolio").mkdir(parents=True)
+        (folder / "portfolio" / "manifest.json").write_text("{}")
+        d = base.to_dict()
+        d["lottery"].update(lottery)
+        d["export"]["precisions"] = ["fp32"]          # export keys are not settings
+        from shifter_tf.config.schema import from_dict
+        save_config(from_dict(d, name), folder / "config.yaml")
+    (recipes / "spec" / "spec.json").write_text(json.dumps({"sets": "lottery.levels=3"}))
+    (recipes / "unfinished").mkdir()                  # no portfolio: not deployed, left out
+    specs = pareto.earlier_specs(cfg_path, tmp_path, "recipe", ["named"])
+    assert specs == ["old=lottery.levels=11,lottery.distill=0.7", "spec=lottery.levels=3"]

@@ -117,7 +117,49 @@ def arm_points(cfg_path: str, out: Path, name: str, sets: list[str], kind: str =
         if (folder / "levels").exists():
             cmd.append("--resume")
         run_quiet(cmd, out / "logs" / f"{kind}_{name}.log")
+        atomic_write_json(folder / "spec.json", {"kind": kind, "name": name, "sets": sets})
     return portfolio_points(folder, f"{kind}:{name}", kinds=("pruned",))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(cfg_path: str, run_config: Path) -> list[str]:
+    """The KEY=VALUE settings that turn `cfg_path` into the config a run folder was trained with
+    (its export and verbosity left out): an older folder's settings, written before spec.json."""
+    import yaml
+    from shifter_tf.config.schema import load_config
+    base = _flat(load_config(cfg_path).to_dict())
+    ran = _flat(yaml.safe_load(run_config.read_text()))
+    sets = []
+    for k, v in ran.items():
+        if k == "name" or k.startswith("export.") or k == "train.verbose" or base.get(k) == v:
+            continue
+        sets.append(f"{k}={json.dumps(v) if not isinstance(v, str) else v}")
+    return sets
+
+
+def earlier_specs(cfg_path: str, out: Path, kind: str, named: list[str]) -> list[str]:
+    """NAME=SETS of every recipe (or arm) already deployed under `out` and not named this time,
+    so a run naming only a new one keeps the others in pareto.json (cached, timed again)."""
+    folder = out / ("arms" if kind == "arm" else "recipes")
+    specs = []
+    for manifest in sorted(folder.glob("*/portfolio/manifest.json")):
+        run = manifest.parent.parent
+        if run.name in named:
+            continue
+        spec = run / "spec.json"
+        sets = (json.loads(spec.read_text())["sets"] if spec.exists()
+                else ",".join(config_diff(cfg_path, run / "config.yaml")))
+        specs.append(f"{run.name}={sets}")
+    return specs
 
 
 # The 12x recipe as the embedded default ran it before `cheap`: `structured` over 11 levels of 30 %.
@@ -206,6 +248,9 @@ def main(argv=None) -> int:
                     help="train the width baselines for these epoch counts only (default: one "
                          "training's and each compared run's total)")
     ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--named-only", action="store_true",
+                    help="leave out the recipes and arms trained here before but not named now "
+                         "(default: they stay in the table, cached and timed again)")
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=["baselines", "long", "tfmot", "pai", "mct", "arms", "recipes"])
     args = ap.parse_args(argv)
@@ -223,7 +268,11 @@ def main(argv=None) -> int:
     dense = next(p for p in points if p["kind"] == "dense")
     recipes = {}
     if "recipes" not in args.skip:
-        for spec in (other_recipes(cfg) if args.recipes is None else args.recipes):
+        named = other_recipes(cfg) if args.recipes is None else args.recipes
+        if not args.named_only:
+            named += earlier_specs(args.config, out / "pareto", "recipe",
+                                   [n.partition("=")[0] for n in named])
+        for spec in named:
             name, _, sets = spec.partition("=")
             try:
                 pts = arm_points(args.config, out / "pareto", name, sets.split(","), "recipe")
@@ -247,7 +296,11 @@ def main(argv=None) -> int:
         points += mct_points(out)
     arms = {}
     if "arms" not in args.skip:
-        for spec in args.arms:
+        named = list(args.arms)
+        if not args.named_only:
+            named += earlier_specs(args.config, out / "pareto", "arm",
+                                   [n.partition("=")[0] for n in named])
+        for spec in named:
             name, _, sets = spec.partition("=")
             try:
                 pts = arm_points(args.config, out / "pareto", name, sets.split(","))
