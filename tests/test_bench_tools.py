@@ -232,7 +232,8 @@ def test_pareto_keeps_recipes_trained_before_with_their_settings(tmp_path):
         d["export"]["precisions"] = ["fp32"]          # export keys are not settings
         from shifter_tf.config.schema import from_dict
         save_config(from_dict(d, name), folder / "config.yaml")
-    (recipes / "spec" / "spec.json").write_text(json.dumps({"sets": "lottery.levels=3"}))
+    pareto.save_spec(recipes / "spec", "recipe", "spec", ["lottery.levels=3", "train.lr=0.02"])
     (recipes / "unfinished").mkdir()                  # no portfolio: not deployed, left out
     specs = pareto.earlier_specs(cfg_path, tmp_path, "recipe", ["named"])
-    assert specs == ["old=lottery.levels=11,lottery.distill=0.7", "spec=lottery.levels=3"]
+    assert specs == ["old=lottery.levels=11,lottery.distill=0.7",
+                     "spec=lottery.levels=3,train.lr=0.02"]

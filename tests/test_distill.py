@@ -11,7 +11,8 @@ import tf_keras as keras
 from shifter_tf.config.schema import from_dict
 from shifter_tf.errors import ConfigError
 from shifter_tf.train import lottery
-from shifter_tf.train.steps import Teacher, ends_in_softmax
+from shifter_tf.graph.layer_kinds import ends_with_softmax
+from shifter_tf.train.steps import Teacher
 
 
 def identity(classes: int, softmax: bool) -> keras.Model:
@@ -37,11 +38,11 @@ def test_distillation_loss_is_tempered_kl_from_logits_or_probabilities():
     want = kd_numpy(t, s, 4.0)
     assert want > 0.1
     logits = Teacher(identity(10, False), 0.5, 4.0, probabilities=False)
-    assert not ends_in_softmax(logits.model)
+    assert not ends_with_softmax(logits.model)
     assert float(logits.loss(t, s)) == pytest.approx(want, rel=1e-4)
     assert float(logits.loss(t, t)) == pytest.approx(0.0, abs=1e-5)
     probs = Teacher(identity(10, True), 0.5, 4.0, probabilities=True)
-    assert ends_in_softmax(probs.model)
+    assert ends_with_softmax(probs.model)
     s_prob = tf.nn.softmax(s)
     assert float(probs.loss(t, s_prob)) == pytest.approx(want, rel=1e-3)
 

@@ -29,6 +29,7 @@ import numpy as np
 import shifter_tf  # noqa: F401  (before TensorFlow)
 import tf_keras as keras
 from shifter_tf.errors import ExportError
+from shifter_tf.graph.layer_kinds import ends_with_softmax
 
 LUMA = (612 / 2048, 1202 / 2048, 234 / 2048)
 
@@ -44,12 +45,6 @@ def check_android(input_shape, norm) -> None:
                           "raw pixels), but the data come already preprocessed by the caller "
                           "(normalization source `caller`); pass a Normalization with the "
                           "statistics, or set export.android: false")
-
-
-def ends_with_softmax(model: keras.Model) -> bool:
-    last = model.layers[-1]
-    act = getattr(last, "activation", None)
-    return isinstance(last, keras.layers.Softmax) or getattr(act, "__name__", "") == "softmax"
 
 
 def android_model(model: keras.Model, norm) -> keras.Model:

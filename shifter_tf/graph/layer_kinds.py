@@ -65,6 +65,13 @@ def activation_name(fn) -> str:
     return name if name in ELEMENTWISE_ACTIVATIONS or name == "softmax" else ""
 
 
+def ends_with_softmax(model: keras.Model) -> bool:
+    """True when the model's output is a softmax (probabilities), not logits."""
+    last = model.layers[-1]
+    return (isinstance(last, L.Softmax)
+            or activation_name(getattr(last, "activation", None)) == "softmax")
+
+
 def elementwise_activation(layer) -> bool:
     """True when the layer's own `activation` acts per element (not softmax or custom)."""
     return activation_name(getattr(layer, "activation", None)) in ELEMENTWISE_ACTIVATIONS

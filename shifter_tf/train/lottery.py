@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from shifter_tf.distributed import cluster
 from shifter_tf.train import engine, groups, magnitude, structure, wrappers
 from shifter_tf.train import steps as steps_
+from shifter_tf.graph.layer_kinds import ends_with_softmax
 from shifter_tf.train.rewind import (CaptureRewind, get_weights, load_weights, rewind_step,
                                      save_weights, set_weights)
 from shifter_tf.train.trainer import SparseTrainer
@@ -188,7 +189,7 @@ def level_teacher(cfg: Config, teacher: Optional[keras.Model]) -> Optional[steps
     if teacher is None:
         raise ValueError("lottery.distill: a sparse level needs the dense level as its teacher")
     return steps_.Teacher(teacher, cfg.lottery.distill, cfg.lottery.distill_temperature,
-                          steps_.ends_in_softmax(teacher))
+                          ends_with_softmax(teacher))
 
 
 @dataclass

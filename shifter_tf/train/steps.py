@@ -52,14 +52,6 @@ class Teacher:
         return tf.nn.compute_average_loss(kl) * temp * temp
 
 
-def ends_in_softmax(model: keras.Model) -> bool:
-    """True when the model's output is a softmax (probabilities), not logits."""
-    last = model.layers[-1]
-    act = getattr(last, "activation", None)
-    return (isinstance(last, keras.layers.Softmax)
-            or getattr(act, "__name__", None) == "softmax")
-
-
 class HookedModel(keras.Model):
     """A functional model over another model's inputs, outputs and layers (shared, not copied)
     whose train step runs `begin` hooks before the forward pass and `end` hooks after the

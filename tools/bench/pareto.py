@@ -117,8 +117,13 @@ def arm_points(cfg_path: str, out: Path, name: str, sets: list[str], kind: str =
         if (folder / "levels").exists():
             cmd.append("--resume")
         run_quiet(cmd, out / "logs" / f"{kind}_{name}.log")
-        atomic_write_json(folder / "spec.json", {"kind": kind, "name": name, "sets": sets})
+        save_spec(folder, kind, name, sets)
     return portfolio_points(folder, f"{kind}:{name}", kinds=("pruned",))
+
+
+def save_spec(folder: Path, kind: str, name: str, sets: list[str]) -> None:
+    """What a recipe or arm folder was trained with, read back by `earlier_specs`."""
+    atomic_write_json(folder / "spec.json", {"kind": kind, "name": name, "sets": ",".join(sets)})
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -160,6 +165,14 @@ def earlier_specs(cfg_path: str, out: Path, kind: str, named: list[str]) -> list
                 else ",".join(config_diff(cfg_path, run / "config.yaml")))
         specs.append(f"{run.name}={sets}")
     return specs
+
+
+def _with_earlier(args, out: Path, kind: str, named: list[str]) -> list[str]:
+    """The specs named on the command line, then (unless --named-only) those trained before."""
+    if args.named_only:
+        return list(named)
+    return [*named, *earlier_specs(args.config, out / "pareto", kind,
+                                   [n.partition("=")[0] for n in named])]
 
 
 # The 12x recipe as the embedded default ran it before `cheap`: `structured` over 11 levels of 30 %.
@@ -269,10 +282,7 @@ def main(argv=None) -> int:
     recipes = {}
     if "recipes" not in args.skip:
         named = other_recipes(cfg) if args.recipes is None else args.recipes
-        if not args.named_only:
-            named += earlier_specs(args.config, out / "pareto", "recipe",
-                                   [n.partition("=")[0] for n in named])
-        for spec in named:
+        for spec in _with_earlier(args, out, "recipe", named):
             name, _, sets = spec.partition("=")
             try:
                 pts = arm_points(args.config, out / "pareto", name, sets.split(","), "recipe")
@@ -296,11 +306,7 @@ def main(argv=None) -> int:
         points += mct_points(out)
     arms = {}
     if "arms" not in args.skip:
-        named = list(args.arms)
-        if not args.named_only:
-            named += earlier_specs(args.config, out / "pareto", "arm",
-                                   [n.partition("=")[0] for n in named])
-        for spec in named:
+        for spec in _with_earlier(args, out, "arm", args.arms):
             name, _, sets = spec.partition("=")
             try:
                 pts = arm_points(args.config, out / "pareto", name, sets.split(","))
