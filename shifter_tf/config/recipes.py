@@ -11,6 +11,9 @@ come from. A recipe is a set of `lottery:` keys; keys a config gives explicitly 
 - `groups`: `structured` with the group-level step (`train.groups`): whole channel groups of the
   dependency graph die, so residual, inverted-residual and concatenating networks shed width too
   (the Python API's default for a model whose filters the filter step mostly cannot reach).
+  No layer keeps fewer than 20 % of its channels: with 10 % the cost weighting squeezed
+  residual streams and VGG's second block to 4 channels behind wide layers, and the deep levels
+  lost to narrow models trained from scratch (bench/ARCHS.md, rows g12 and g12w).
 - `cheap`: `structured`'s mechanisms at most 3x the dense epochs (`budget`), opt-in until the
   Pareto benchmark has compared it: 4 levels of 40 % with 20 % of the filters each, each level
   the last half of the schedule (budget 3 leaves 2 dense trainings for 4 levels: 3 of 6 epochs,
@@ -19,7 +22,8 @@ come from. A recipe is a set of `lottery:` keys; keys a config gives explicitly 
   bench/PARETO.md.
 - `cheap_groups`: `cheap`'s budget with the group step, each level freeing 25 % of the
   surviving MACs: the one recipe of the per-architecture benchmark (`tools.bench.archs`,
-  bench/ARCHS.md: VGG, ResNet, MobileNetV2 on mnist5k and Fashion-MNIST).
+  bench/ARCHS.md: VGG, ResNet, MobileNetV2 on mnist5k and Fashion-MNIST). It keeps the 10 %
+  floor its cached benchmark rows were trained with (4 levels barely reach it).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cheap": {"structure": "filters", "filter_fraction": 0.2, "rewind": "lr", "budget": 3.0,
               "levels": 4, "prune_fraction": 0.4},
     "groups": {"structure": "groups", "filter_fraction": 0.15, "rewind": "lr", "group_cost": 1.0,
-               "min_width": 0.1, "min_channels": 4},
+               "min_width": 0.2, "min_channels": 4},
     "cheap_groups": {"structure": "groups", "filter_fraction": 0.25, "rewind": "lr",
                      "group_cost": 1.0, "min_width": 0.1, "min_channels": 4, "budget": 3.0,
                      "levels": 4, "prune_fraction": 0.4},

@@ -109,7 +109,7 @@ class LotteryConfig:
     # graph (residual Add chains, Concatenate, depthwise, Flatten->Dense) are ranked and killed.
     # filter_fraction is then the share of the surviving groups' MACs each level frees.
     group_cost: float = 1.0          # score / (MACs the group frees / mean) ** group_cost
-    min_width: float = 0.1           # no layer keeps fewer than this share of its channels...
+    min_width: float = 0.2           # no layer keeps fewer than this share of its channels...
     min_channels: int = 4            # ... nor fewer than this many (or all it has)
     gamma_l1: float = 0.0            # L1 penalty on BN γ during training (network slimming)
     # Knowledge distillation on sparse levels (Hinton et al. 2015): the loss is (1 - distill) x
