@@ -55,6 +55,12 @@ class StorageError(RuntimeError):
         self.oserror = oserror
 
 
+class RunBusyError(RuntimeError):
+    """A run folder another process is writing (its `.lock` is held): two writers would corrupt
+    it, so the second is refused; names the folder."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, ClusterError, DataError, ModelError, CompileError, TrainingError, SurgeryError,
-    ExportError, ManifestError, PaiError, StorageError, FileNotFoundError, FileExistsError)
+    ExportError, ManifestError, PaiError, StorageError, RunBusyError, FileNotFoundError,
+    FileExistsError)

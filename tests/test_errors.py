@@ -361,3 +361,15 @@ def test_written_files_get_the_variant_files_mode(tmp_path):
               *(tmp_path / "portfolio").iterdir()]}
     assert set(modes.values()) == {0o644}, modes
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["name"] == "experiment"
+
+
+def test_cli_second_train_into_a_busy_run_is_one_line(tmp_path):
+    """A run folder another process is training: the second `train` says so in one line and
+    writes no level (the lock is held here, the CLI runs in its own process)."""
+    from shifter_tf.util.io import run_lock
+    run = tmp_path / "run"
+    run.mkdir()
+    with run_lock(run):
+        rc, lines, raw, _ = cli(["train", "--config", CONFIG, "--out", run, *TINY], ROOT)
+    assert_one_line(rc, lines, raw, [str(run), "another process", "--out"])
+    assert not (run / "levels").exists()

@@ -91,6 +91,20 @@ def test_polynomial_ramp_reaches_global_allocation(tmp_path, mnist_tiny):
         assert results[level].density == pytest.approx(0.5 ** level, abs=5e-3)
 
 
+def test_second_writer_on_a_run_is_refused(oneshot_run, tmp_path, mnist_tiny):
+    """Two processes on one run folder would interleave their levels in lottery.json (seen when
+    a killed benchmark was restarted on the same folder); the second gets RunBusyError."""
+    from shifter_tf.errors import RunBusyError
+    from shifter_tf.util.io import run_lock
+    cfg, _, _ = oneshot_run
+    with run_lock(tmp_path):
+        with pytest.raises(RunBusyError, match=str(tmp_path)):
+            lottery.run_lottery(cfg, tmp_path, data=mnist_tiny, progress=False)
+    assert lottery.finished_levels(tmp_path) == []
+    results = lottery.run_lottery(cfg, tmp_path, data=mnist_tiny, progress=False, stop_after=0)
+    assert [r.level for r in results] == [0]     # released: the run goes ahead
+
+
 def test_resume_continues_and_matches_uninterrupted(oneshot_run, tmp_path, mnist_tiny):
     cfg, full_run, _ = oneshot_run
     lottery.run_lottery(cfg, tmp_path, data=mnist_tiny, progress=False, stop_after=1)

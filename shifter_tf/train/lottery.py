@@ -42,7 +42,7 @@ from shifter_tf.train.sanity import check_dense
 from shifter_tf.errors import ConfigError
 from shifter_tf.data.sets import Dataset, Normalization, model_normalizes
 from shifter_tf.data.loaders import load_dataset
-from shifter_tf.util.io import atomic_dir, atomic_write_json
+from shifter_tf.util.io import atomic_dir, atomic_write_json, run_lock
 from shifter_tf.util.tables import markdown_table
 from shifter_tf.models import iter_layers, model_for
 
@@ -345,17 +345,24 @@ def run_lottery(cfg: Config, run: str | Path, resume: bool = False,
     """
     strategy = engine.make_strategy(cfg.train.strategy, cfg.train.peer_timeout)
     run = cluster.local_run(run, strategy, cfg.to_dict())   # not the chief: a temporary copy
+    run.mkdir(parents=True, exist_ok=True)
+    with run_lock(run):    # a second process on the same folder is refused, not interleaved
+        return _run_levels(cfg, run, resume, data, progress, stop_after, on_level, callbacks,
+                           allow_changed_recipe, strategy)
+
+
+def _run_levels(cfg, run, resume, data, progress, stop_after, on_level, callbacks,
+                allow_changed_recipe, strategy) -> list[LevelResult]:
     done = finished_levels(run)
     if done and not resume:
         raise FileExistsError(f"{run}: holds finished levels {done}; pass --resume to continue "
                               "or choose another --out")
     changes = resume_check(cfg, run, allow_changed_recipe) if resume else {}
-    run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     data = _record_norm(cfg, run, run_data(cfg, run, data))
-    results = load_results(run)
+    results = [r for r in load_results(run) if r.level in done]
     prev_model = prev_masks = rewind = None
     if done:
         last = done[-1]

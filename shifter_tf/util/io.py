@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_runtime.dirswap import swap_dir
 from edge_runtime.files import atomic_write_bytes  # the device side's writer: temp, fsync, rename
-from shifter_tf.errors import StorageError
+from shifter_tf.errors import RunBusyError, StorageError
 
 #: errno -> what the user is told; the refusals a user fixes (space, quota, mount, permissions)
 STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device",
@@ -104,6 +104,26 @@ def check_space(folder: str | Path, needed: int, what: str) -> None:
                            f"{needed:,} bytes, {free:,} bytes are free there; nothing was "
                            "written: free some space or write elsewhere, then run again",
                            OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold `folder`/.lock (an exclusive flock) while a process writes the run: a second writer
+    gets RunBusyError instead of interleaving its levels with the first's."""
+    import fcntl
+    path = Path(folder) / ".lock"
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunBusyError(f"{folder}: another process is writing this run ({path} is "
+                               "locked); wait for it to finish or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
