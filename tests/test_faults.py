@@ -408,3 +408,18 @@ def test_min_dense_accuracy_and_the_floor_at_export(trained, tmp_path, mnist_tin
     assert_one_line(rc, lines, raw, [str(run), "level 0 (dense)", "chance", "train.lr",
                                      "nothing was exported"])
     assert hashes(run) == before
+
+
+def test_run_lock_in_a_refusing_folder_is_a_storage_error(tmp_path, monkeypatch):
+    """The lock file is the run's first write: a read-only run folder is named like any other
+    refused write, not a bare OSError."""
+    import shifter_tf.util.io as sio
+    from shifter_tf.errors import StorageError
+
+    def read_only(path, *a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    monkeypatch.setattr(sio, "open", read_only, raising=False)
+    with pytest.raises(StorageError, match=rf"{tmp_path}: read-only file system while writing "
+                                           r"\.lock"):
+        with sio.run_lock(tmp_path):
+            pass

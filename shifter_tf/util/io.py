@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -110,9 +111,10 @@ def check_space(folder: str | Path, needed: int, what: str) -> None:
 def run_lock(folder: str | Path) -> Iterator[None]:
     """Hold `folder`/.lock (an exclusive flock) while a process writes the run: a second writer
     gets RunBusyError instead of interleaving its levels with the first's."""
-    import fcntl
     path = Path(folder) / ".lock"
-    with open(path, "a") as f:
+    with storage_errors(folder, path.name):     # a read-only run folder: StorageError, as writes
+        f = open(path, "a")
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
